@@ -1,0 +1,51 @@
+"""From a model and decoded images to scores, decisions and metrics (shared by train, evaluate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.datasets import output_names
+from pipeline.manifest import TaskInfo
+from pipeline.metrics import multiclass_metrics, multilabel_metrics
+from pipeline.models import MEAN, STD
+
+
+def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W) normalised with the ImageNet statistics."""
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    return (images.to(device).float() / 255.0 - mean) / std
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Logits (N, outputs) on the CPU, computed in eval mode batch by batch."""
+    model.eval()
+    chunks = [
+        model(normalise(images[start : start + batch_size], device)).float().cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty((0, 0))
+
+
+def to_scores(logits: torch.Tensor, task: str) -> np.ndarray:
+    """Softmax probabilities (multiclass) or per-defect sigmoid probabilities (multilabel)."""
+    probs = logits.softmax(dim=1) if task == "multiclass" else logits.sigmoid()
+    return probs.numpy()
+
+
+def score_metrics(
+    scores: np.ndarray, targets: torch.Tensor, info: TaskInfo, threshold: float
+) -> dict[str, Any]:
+    """Metrics of argmax (multiclass) or `scores >= threshold` (multilabel) decisions."""
+    names = output_names(info)
+    if info.task == "multiclass":
+        predicted = scores.argmax(axis=1)
+        return multiclass_metrics(targets.numpy(), predicted, names, names.index(info.good_class))
+    return multilabel_metrics(targets.numpy() > 0.5, scores >= threshold, names)

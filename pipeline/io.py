@@ -1,0 +1,99 @@
+"""Image decoding: one read of the file bytes gives its sha256 and its fully decoded pixels.
+
+A file that cannot be decoded is not an exception for the pipeline but a finding: `inspect_image`
+returns the reason so the manifest can record it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.errors import ApexLoopError
+
+# Errors Pillow raises for files that are not (complete, sane) images.
+_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+)
+
+
+class ImageReadError(ApexLoopError):
+    """The file is not a decodable image; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What ingest records about one file; `reason` is set when it is unreadable."""
+
+    sha256: str
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    format: str | None = None
+    reason: str | None = None
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode image bytes completely; raise ImageReadError with the reason on any failure."""
+    if not data:
+        raise ImageReadError("zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise ImageReadError(
+                    f"{image.width}x{image.height} = {pixels} pixels exceeds max_pixels "
+                    f"{max_pixels} (possible decompression bomb)"
+                )
+            image.load()
+    except Image.DecompressionBombWarning as exc:
+        raise ImageReadError(f"possible decompression bomb: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageReadError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+    return image
+
+
+def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
+    """Hash the file bytes and decode them once; unreadable files come back with a reason."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        image = decode(data, max_pixels)
+    except ImageReadError as exc:
+        return ImageFacts(sha256=digest, reason=str(exc))
+    return ImageFacts(digest, image.width, image.height, image.mode, image.format)
+
+
+def open_image(path: Path, max_pixels: int) -> Image.Image:
+    """Decode a file that ingest found readable; a failure now names the file."""
+    try:
+        return decode(path.read_bytes(), max_pixels)
+    except (ImageReadError, OSError) as exc:
+        raise ImageReadError(f"{path}: {exc}") from None
+
+
+def pixel_sha256(image: Image.Image) -> str:
+    """Hash of the decoded pixels (mode and size included): re-saved copies hash the same."""
+    digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def load_rgb(path: Path, size: int, max_pixels: int) -> np.ndarray:
+    """Decode, convert to RGB and resize to size x size. Returns uint8 (size, size, 3)."""
+    image = open_image(path, max_pixels).convert("RGB")
+    image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)

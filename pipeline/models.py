@@ -1,0 +1,62 @@
+"""torchvision classifiers with an output head sized to the task, and offline-only weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision import models
+
+from pipeline.errors import ApexLoopError
+
+# ImageNet statistics; every supported backbone's weights were trained with them.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class WeightsMissingError(ApexLoopError):
+    """Pretrained weights were asked for but are not in the local torch hub cache."""
+
+
+def cached_weights(name: str) -> Any:
+    """The default torchvision weights enum for `name`, after checking the file is cached.
+
+    Never downloads: a missing file is an error that names it and where to put it.
+    """
+    weights = models.get_model_weights(name).DEFAULT
+    filename = Path(weights.url).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise WeightsMissingError(
+            f"pretrained weights for {name} not found at {path}. Put {filename} there, or set "
+            f"TORCH_HOME to a folder holding hub/checkpoints/{filename} "
+            "(e.g. TORCH_HOME=../shared/weights), or set train.pretrained: false"
+        )
+    return weights
+
+
+def _replace_head(model: nn.Module, num_outputs: int) -> None:
+    """Swap the last Linear layer for a fresh one with `num_outputs` outputs."""
+    name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Linear(last.in_features, num_outputs))
+
+
+def build_model(name: str, num_outputs: int, pretrained: bool) -> nn.Module:
+    """A torchvision classifier by name; pretrained backbones get a new head."""
+    if not pretrained:
+        return models.get_model(name, weights=None, num_classes=num_outputs)
+    model = models.get_model(name, weights=cached_weights(name))
+    _replace_head(model, num_outputs)
+    return model
+
+
+def pick_device(setting: str) -> torch.device:
+    """`auto`: CUDA when present, else CPU; `cuda` without a GPU is an error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ApexLoopError("train.device is 'cuda' but no CUDA GPU is visible; use auto or cpu")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)

@@ -1,0 +1,211 @@
+"""Typed, validated params: one frozen pydantic model per params.yaml section.
+
+Every key lives in params.yaml (no code defaults), unknown keys are rejected, and a bad value
+is reported with its dotted key and the allowed values or range, so a typo in
+`dvc exp run -S train.lrr=0.1` stops the stage instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ApexLoopError
+
+Task = Literal["multiclass", "multilabel"]
+
+
+class ParamsError(ApexLoopError):
+    """params.yaml is missing, malformed, or has a bad key or value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IngestParams(_Section):
+    """Where the images and their labels come from (sources a-d of the ingest stage)."""
+
+    root: str = Field(min_length=1, description="dataset folder; every input lies inside it")
+    task: Task
+    good_class: str = Field(min_length=1)
+    classes: list[str] | None = Field(description="expected class names; null: infer")
+    source: Literal["folders", "table", "voc"]
+    images: str = Field(min_length=1, description="image folder under root")
+    table: str | None = Field(description="annotation table (csv/parquet) under root")
+    voc: str | None = Field(description="folder of Pascal VOC XML files under root")
+    masks: str | None = Field(description="mask folder under root mirroring the images")
+    path_column: str
+    label_column: str
+    group_column: str | None
+    boxes_column: str | None
+    label_separator: str = Field(min_length=1)
+    mask_threshold: int = Field(ge=0, le=254)
+    mask_min_area: int = Field(ge=1)
+    max_pixels: int = Field(ge=1)
+    extensions: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> IngestParams:
+        if self.source == "table" and not self.table:
+            raise ValueError("source 'table' needs ingest.table (annotation CSV or parquet)")
+        if self.source == "voc" and not self.voc:
+            raise ValueError("source 'voc' needs ingest.voc (folder of Pascal VOC XML files)")
+        if self.classes is not None:
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"ingest.classes has repeated names: {self.classes}")
+            if self.good_class not in self.classes:
+                raise ValueError(
+                    f"ingest.good_class {self.good_class!r} is not in ingest.classes {self.classes}"
+                )
+        return self
+
+
+class CleanParams(_Section):
+    """What the data-quality gate does with each issue type."""
+
+    exact_duplicate_action: Literal["remove", "flag"]
+    conflicting_label_action: Literal["remove", "flag"]
+
+
+class SplitParams(_Section):
+    """Group-aware, stratified train/val/test fractions."""
+
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(ge=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check_sum(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split.train + split.val + split.test must be 1 (got {total:g})")
+        return self
+
+
+class TrainParams(_Section):
+    """Model and optimisation settings."""
+
+    model: Literal[
+        "mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "resnet18", "efficientnet_b0"
+    ]
+    pretrained: bool
+    image_size: int = Field(ge=16, le=1024)
+    epochs: int = Field(ge=1, le=1000)
+    batch_size: int = Field(ge=1, le=4096)
+    lr: float = Field(gt=0, le=10)
+    weight_decay: float = Field(ge=0, le=1)
+    hflip: bool
+    device: Literal["auto", "cpu", "cuda"]
+    seed: int = Field(ge=0)
+
+
+class EvaluateParams(_Section):
+    """How predictions are turned into decisions and metrics."""
+
+    batch_size: int = Field(ge=1, le=4096)
+    multilabel_threshold: float = Field(gt=0, lt=1)
+
+
+class Params(_Section):
+    """The whole params.yaml."""
+
+    ingest: IngestParams
+    clean: CleanParams
+    split: SplitParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def _range_of(model: type[BaseModel], name: str) -> str:
+    """Human text for a field's numeric bounds or allowed literals, e.g. '0 < value <= 10'."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return ""
+    lower = upper = ""
+    for item in field.metadata:
+        for attr, text in (("gt", "{} < "), ("ge", "{} <= ")):
+            if getattr(item, attr, None) is not None:
+                lower = text.format(getattr(item, attr))
+        for attr, text in (("lt", " < {}"), ("le", " <= {}")):
+            if getattr(item, attr, None) is not None:
+                upper = text.format(getattr(item, attr))
+    if lower or upper:
+        return f"allowed: {lower}value{upper}"
+    return ""
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel], prefix: str) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join([prefix, *loc]) if loc else prefix
+    owner = model
+    for part in loc[:-1]:
+        sub = owner.model_fields.get(part)
+        if sub is None or not isinstance(sub.annotation, type):
+            break
+        if issubclass(sub.annotation, BaseModel):
+            owner = sub.annotation
+    if error["type"] == "extra_forbidden":
+        valid = ", ".join(owner.model_fields)
+        return f"unknown key '{key}'. Valid keys here: {valid}"
+    if error["type"] == "missing":
+        return f"missing key '{key}': add it to params.yaml"
+    bounds = _range_of(owner, loc[-1]) if loc else ""
+    got = error.get("input")
+    text = f"bad value for '{key}' (got {got!r}): {error['msg']}"
+    return f"{text}; {bounds}" if bounds else text
+
+
+def validate_section(model: type[SectionT], data: Any, name: str, source: str) -> SectionT:
+    """Validate one section, turning pydantic's report into a ParamsError naming each key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(dict(err), model, name) for err in exc.errors()]
+        raise ParamsError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """Read params.yaml as a mapping, with a clear error if it is missing or malformed."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_section(path: Path, name: str, model: type[SectionT]) -> SectionT:
+    """Load and validate one section (a stage validates only what it uses)."""
+    data = read_params_file(path)
+    if name not in data:
+        raise ParamsError(f"{path}: missing section '{name}'. Sections: {', '.join(data)}")
+    return validate_section(model, data[name], name, str(path))
+
+
+def load_params(path: Path) -> Params:
+    """Load and validate the whole params file."""
+    data = read_params_file(path)
+    extra = sorted(set(data) - set(Params.model_fields))
+    if extra:
+        raise ParamsError(
+            f"{path}: unknown section(s) {extra}. Valid sections: {', '.join(Params.model_fields)}"
+        )
+    missing = [name for name in Params.model_fields if name not in data]
+    if missing:
+        raise ParamsError(f"{path}: missing section(s) {missing}")
+    sections = {
+        name: validate_section(field.annotation, data[name], name, str(path))  # type: ignore[arg-type]
+        for name, field in Params.model_fields.items()
+    }
+    return Params.model_validate(sections)

@@ -1,0 +1,56 @@
+"""Path confinement and atomic file output.
+
+Every input path is resolved inside its data root (no `..`, no symlink escaping it), and every
+output is written to a temporary sibling first and renamed into place, so a killed stage never
+leaves a half-written file where the next stage would read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.errors import ApexLoopError
+
+
+class PathError(ApexLoopError):
+    """A path points outside its data root or is otherwise unusable."""
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """Resolve `relative` under `root`; raise PathError if it escapes the root."""
+    if not relative or Path(relative).is_absolute():
+        raise PathError(f"{relative!r}: expected a path relative to {root}")
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base):
+        raise PathError(f"{relative!r} resolves outside the data root {root}")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in the target folder; on success fsync it and rename onto `path`.
+
+    On any exception the temporary file is removed and `path` is left untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (UTF-8)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
