@@ -1,0 +1,127 @@
+"""The real pipeline under real DVC in a temporary git repository, on generated data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.manifest import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "pipeline",
+    "stages",
+]
+STAGES = ["ingest", "clean", "split", "train", "evaluate"]
+
+
+def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC copy of the project with a small synthetic data set, after one `dvc repro`."""
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(epochs=2, image_size=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(root, sys.executable, "-m", "pipeline.cli", "synth", "--out", "data/raw", "--count", "80")
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "project")
+    sh(root, "dvc", "repro")
+    return root
+
+
+def test_repro_runs_every_stage_and_writes_outputs(project: Path) -> None:
+    rows, info = read_manifest(project / "data/interim/split.parquet", "split")
+    assert {row["split"] for row in rows} == {"train", "val", "test"}
+    assert info.good_class == "good"
+    metrics = json.loads((project / "reports/evaluate.json").read_text())
+    test = metrics["test"]
+    assert test["images"] == sum(row["split"] == "test" for row in rows)
+    assert {"accuracy", "macro_f1", "miss_rate", "overkill_rate", "per_class"} <= set(test)
+    assert (project / "models/model.pt").stat().st_size > 0
+    assert (project / "reports/confusion.png").read_bytes()[:4] == b"\x89PNG"
+    shown = sh(project, "dvc", "metrics", "show", "--json").stdout
+    assert "miss_rate" in shown and "overkill_rate" in shown
+
+
+def test_second_repro_changes_nothing(project: Path) -> None:
+    out = sh(project, "dvc", "repro").stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change" in out
+    assert "Running stage" not in out
+
+
+def test_experiment_with_a_param_change(project: Path) -> None:
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "baseline")
+    sh(project, "dvc", "exp", "run", "-S", "train.epochs=1")
+    table = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
+    epochs = [
+        exp["data"]["params"]["params.yaml"]["data"]["train"]["epochs"]
+        for rev in table
+        for exp_range in rev.get("experiments") or []
+        for exp in exp_range["revs"]
+    ]
+    assert 1 in epochs
+    diff = json.loads(sh(project, "dvc", "params", "diff", "--json").stdout)
+    assert diff["params.yaml"]["train.epochs"] == {"old": 2, "new": 1, "diff": -1}
+
+
+def test_typo_in_a_param_stops_the_experiment_with_a_clear_error(project: Path) -> None:
+    # DVC itself refuses to set a key that params.yaml lacks, naming it ...
+    result = sh(project, "dvc", "exp", "run", "-S", "train.lrr=0.1", check=False)
+    assert result.returncode != 0
+    assert "train.lrr" in result.stdout + result.stderr
+    # ... and a key forced in (`+key`, or a hand edit) is stopped by the stage's validation,
+    # which names the key and the valid keys.
+    result = sh(project, "dvc", "exp", "run", "-S", "+train.lrr=0.1", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "unknown key 'train.lrr'" in output
+    assert "Valid keys here: model, pretrained, image_size, epochs, batch_size, lr," in output
+    assert "Traceback" not in output
+
+
+def test_out_of_range_param_names_the_key_and_range(project: Path) -> None:
+    result = sh(project, "dvc", "exp", "run", "-S", "train.lr=-1", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "bad value for 'train.lr' (got -1)" in output
+    assert "allowed: 0 < value <= 10" in output

@@ -1,0 +1,87 @@
+"""dvc.yaml is the architecture diagram: check it agrees with stages/, params.yaml and the CLIs."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.params import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+PARAMS = load_params(REPO / "params.yaml")
+STAGES = DVC["stages"]
+
+
+def resolve(text: str) -> str:
+    """Apply dvc.yaml's ${ingest.root} templating with the repo's params."""
+    return text.replace("${ingest.root}", PARAMS.ingest.root)
+
+
+def declared(stage: dict[str, Any], key: str) -> list[str]:
+    return [resolve(next(iter(e)) if isinstance(e, dict) else e) for e in stage.get(key, [])]
+
+
+def cmd_paths(stage: dict[str, Any]) -> dict[str, str]:
+    words = shlex.split(resolve(stage["cmd"]))
+    return dict(zip(words[3::2], words[4::2], strict=True))
+
+
+def test_one_stage_per_module_and_params_section() -> None:
+    modules = {p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"}
+    assert set(STAGES) == modules
+    assert set(STAGES) == set(Params.model_fields)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_agrees_with_its_module(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    stage = STAGES[name]
+    module = importlib.import_module(f"stages.{name}")
+    assert callable(module.run) and callable(module.main)
+    assert shlex.split(stage["cmd"])[:3] == ["python", "-m", f"stages.{name}"]
+    assert stage["params"] == [name]
+    deps = declared(stage, "deps")
+    assert {"pipeline", f"stages/{name}.py"} <= set(deps)
+    outputs = declared(stage, "outs") + declared(stage, "metrics")
+    flags = cmd_paths(stage)
+    assert flags.pop("--params") == "params.yaml"
+    for flag, path in flags.items():
+        assert path in deps + outputs, f"{name}: {flag} {path} is not declared in dvc.yaml"
+    inputs = set(deps) - {"pipeline", f"stages/{name}.py"}
+    if name == "ingest":  # ingest reads its source paths from params; DVC tracks the root
+        inputs -= {PARAMS.ingest.root}
+    assert inputs <= set(flags.values()), f"{name}: deps not passed on the command line"
+    assert set(outputs) <= set(flags.values()), f"{name}: outputs not passed on the command line"
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in [*flags, "--params"]:
+        assert flag in help_text
+
+
+def test_outputs_of_one_stage_feed_the_next() -> None:
+    produced: set[str] = set()
+    for name, stage in STAGES.items():
+        data_deps = [d for d in declared(stage, "deps") if d.startswith(("data/interim", "models"))]
+        assert set(data_deps) <= produced, f"{name} depends on something not produced before it"
+        produced |= set(declared(stage, "outs"))
+
+
+def test_plots_point_at_stage_outputs() -> None:
+    outputs = {o for stage in STAGES.values() for o in declared(stage, "outs")}
+    for plot in DVC["plots"]:
+        if isinstance(plot, str):
+            assert plot in outputs
+            continue
+        spec = next(iter(plot.values()))
+        assert set(spec["y"]) <= outputs
+    assert any(
+        isinstance(p, dict) and next(iter(p.values())).get("template") == "confusion"
+        for p in DVC["plots"]
+    )
