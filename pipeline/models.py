@@ -20,21 +20,30 @@ class WeightsMissingError(ApexLoopError):
     """Pretrained weights were asked for but are not in the local torch hub cache."""
 
 
-def cached_weights(name: str) -> Any:
-    """The default torchvision weights enum for `name`, after checking the file is cached.
+def _cache_path(weights: Any) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
-    Never downloads: a missing file is an error that names it and where to put it.
+
+def cached_weights(name: str) -> Any:
+    """The torchvision ImageNet weights for `name` whose file is in the local hub cache.
+
+    The default (best) weights are preferred; any other published set that is cached is used
+    otherwise. Never downloads: with none cached, the error names the file and where to put it.
     """
-    weights = models.get_model_weights(name).DEFAULT
-    filename = Path(weights.url).name
-    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if not path.is_file():
-        raise WeightsMissingError(
-            f"pretrained weights for {name} not found at {path}. Put {filename} there, or set "
-            f"TORCH_HOME to a folder holding hub/checkpoints/{filename} "
-            "(e.g. TORCH_HOME=../shared/weights), or set train.pretrained: false"
-        )
-    return weights
+    enum = models.get_model_weights(name)
+    candidates = [enum.DEFAULT, *(w for w in enum if w is not enum.DEFAULT)]
+    for weights in candidates:
+        if _cache_path(weights).is_file():
+            return weights
+    path = _cache_path(enum.DEFAULT)
+    others = ", ".join(Path(w.url).name for w in candidates[1:])
+    raise WeightsMissingError(
+        f"pretrained weights for {name} not found at {path}"
+        + (f" (nor {others})" if others else "")
+        + f". Put {path.name} there, or set TORCH_HOME to a folder holding "
+        f"hub/checkpoints/{path.name} (e.g. TORCH_HOME=../shared/weights), "
+        "or set train.pretrained: false"
+    )
 
 
 def _replace_head(model: nn.Module, num_outputs: int) -> None:

@@ -1,0 +1,164 @@
+"""Train and evaluate stages on tiny generated data, for both tasks, through their real CLIs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import synth
+from pipeline.datasets import output_names
+from pipeline.manifest import read_manifest
+from pipeline.models import WeightsMissingError, build_model
+from stages import clean, evaluate, ingest, split, train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
+
+
+def run_pipeline(work: Path, multilabel: bool) -> Path:
+    """Generate data and run all five stages; returns the folder holding the outputs."""
+    synth.generate(work / "raw", count=60, seed=3, multilabel=multilabel)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"]["root"] = str(work / "raw")
+    if multilabel:
+        params["ingest"].update(task="multilabel", label_column="labels")
+    params["train"].update(epochs=1, image_size=32, batch_size=16)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    p, root, m = str(work / "params.yaml"), str(work / "raw"), work
+    assert ingest.main(["--params", p, "--out", str(m / "ingest.parquet")]) == 0
+    assert (
+        clean.main(
+            [
+                "--params",
+                p,
+                "--root",
+                root,
+                "--manifest",
+                str(m / "ingest.parquet"),
+                "--out",
+                str(m / "clean.parquet"),
+                "--issues",
+                str(m / "issues.parquet"),
+                "--metrics",
+                str(m / "clean.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        split.main(
+            [
+                "--params",
+                p,
+                "--manifest",
+                str(m / "clean.parquet"),
+                "--out",
+                str(m / "split.parquet"),
+                "--metrics",
+                str(m / "split.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        train.main(
+            [
+                "--params",
+                p,
+                "--root",
+                root,
+                "--manifest",
+                str(m / "split.parquet"),
+                "--model",
+                str(m / "model.pt"),
+                "--metrics",
+                str(m / "train.json"),
+                "--history",
+                str(m / "history.csv"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        evaluate.main(
+            [
+                "--params",
+                p,
+                "--root",
+                root,
+                "--manifest",
+                str(m / "split.parquet"),
+                "--model",
+                str(m / "model.pt"),
+                "--metrics",
+                str(m / "eval.json"),
+                "--predictions",
+                str(m / "pred.csv"),
+                "--confusion",
+                str(m / "confusion.png"),
+            ]
+        )
+        == 0
+    )
+    return m
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["multiclass", "multilabel"])
+def outputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_pipeline(tmp_path_factory.mktemp("run"), request.param)
+
+
+def test_checkpoint_loads_safely_and_carries_its_params(outputs: Path) -> None:
+    checkpoint = torch.load(outputs / "model.pt", weights_only=True)
+    _rows, info = read_manifest(outputs / "split.parquet", "split")
+    assert checkpoint["classes"] == list(info.classes)
+    assert checkpoint["task"] == info.task
+    assert checkpoint["params"]["epochs"] == 1
+    model = build_model(checkpoint["model"], len(output_names(info)), pretrained=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    history = list(csv.DictReader((outputs / "history.csv").open()))
+    assert [int(row["epoch"]) for row in history] == [1]
+
+
+def test_evaluate_metrics_agree_with_the_predictions_file(outputs: Path) -> None:
+    rows, info = read_manifest(outputs / "split.parquet", "split")
+    predictions = list(csv.DictReader((outputs / "pred.csv").open()))
+    assert [p["path"] for p in predictions] == [r["path"] for r in rows if r["split"] == "test"]
+    test = json.loads((outputs / "eval.json").read_text())["test"]
+    good = info.good_class
+    defective = [p for p in predictions if p["actual"] != good]
+    missed = sum(p["predicted"] == good for p in defective)
+    assert test["miss_rate"] == (round(missed / len(defective), 4) if defective else None)
+    goods = [p for p in predictions if p["actual"] == good]
+    overkill = sum(p["predicted"] != good for p in goods)
+    assert test["overkill_rate"] == (round(overkill / len(goods), 4) if goods else None)
+    assert set(test["per_class"]) == set(output_names(info))
+    assert (outputs / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_pretrained_weights_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsMissingError) as err:
+        build_model("mobilenet_v2", 3, pretrained=True)
+    assert "mobilenet_v2-7ebf99e0.pth" in str(err.value)  # the default (V2) weights
+    assert "mobilenet_v2-b0353104.pth" in str(err.value)  # the alternative (V1)
+    assert str(tmp_path / "hub" / "checkpoints") in str(err.value)
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="../shared/weights not present")
+def test_pretrained_weights_load_offline_from_torch_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(SHARED_WEIGHTS))
+    model = build_model("mobilenet_v2", 4, pretrained=True)
+    assert model.classifier[-1].out_features == 4  # type: ignore[index]
+    # the backbone carries ImageNet weights, not a fresh initialisation
+    reference = torch.load(
+        SHARED_WEIGHTS / "hub/checkpoints/mobilenet_v2-b0353104.pth", weights_only=True
+    )
+    assert torch.equal(model.state_dict()["features.0.0.weight"], reference["features.0.0.weight"])
