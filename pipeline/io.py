@@ -59,8 +59,15 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
                     f"{max_pixels} (possible decompression bomb)"
                 )
             image.load()
+    except ImageReadError:
+        raise
     except Image.DecompressionBombWarning as exc:
         raise ImageReadError(f"possible decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        # Pillow's own message names only the in-memory buffer, which tells the user nothing.
+        raise ImageReadError(
+            "not a recognised image format (no image decoder accepts its first bytes)"
+        ) from None
     except _DECODE_ERRORS as exc:
         raise ImageReadError(f"cannot decode: {type(exc).__name__}: {exc}") from None
     return image
@@ -86,8 +93,13 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
 
 
 def pixel_sha256(image: Image.Image) -> str:
-    """Hash of the decoded pixels (mode and size included): re-saved copies hash the same."""
+    """Hash of the decoded pixels (mode and size included): re-saved copies hash the same.
+
+    Palette images hash their palette too: the same indices with other colours are other pixels.
+    """
     digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    if image.mode in ("P", "PA"):
+        digest.update(bytes(image.getpalette() or []))
     digest.update(image.tobytes())
     return digest.hexdigest()
 

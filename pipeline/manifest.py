@@ -10,6 +10,7 @@ good class), so downstream stages never re-derive the class list from whatever r
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,12 @@ class TaskInfo:
     @property
     def defect_classes(self) -> tuple[str, ...]:
         return tuple(name for name in self.classes if name != self.good_class)
+
+    def row_classes(self, row: Mapping[str, Any]) -> list[str]:
+        """The class of a multiclass row; the defects (or the good class) of a multilabel row."""
+        if self.task == "multiclass":
+            return [row["label"]]
+        return list(row["labels"]) or [self.good_class]
 
 
 def write_manifest(path: Path, rows: list[dict[str, Any]], kind: str, info: TaskInfo) -> None:

@@ -20,6 +20,10 @@ def _rate(hits: np.ndarray, among: np.ndarray) -> float | None:
 
 
 def _per_class(true_hot: np.ndarray, pred_hot: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    if len(true_hot) == 0:
+        # An empty side (split.val: 0) has nothing to score; sklearn rejects empty input.
+        empty = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+        return {name: dict(empty) for name in names}
     precision, recall, f1, support = precision_recall_fscore_support(
         true_hot, pred_hot, average=None, zero_division=0
     )

@@ -58,8 +58,15 @@ def list_folders(images: Path, params: IngestParams) -> list[Entry]:
         raise SourceError("source 'folders' gives one class per image: use it with task multiclass")
     if not images.is_dir():
         raise SourceError(f"{images}: image folder not found (ingest.root / ingest.images)")
+    visible = sorted(p for p in images.iterdir() if not p.name.startswith("."))
+    loose = [p.name for p in visible if not p.is_dir()]
+    if loose:
+        raise SourceError(
+            f"{images}: files outside any class folder {loose[:_MAX_LISTED]}; "
+            "move each into <images>/<class>/"
+        )
     entries = []
-    for class_dir in sorted(p for p in images.iterdir() if p.is_dir()):
+    for class_dir in visible:
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
@@ -79,8 +86,15 @@ def _read_table_file(path: Path) -> pd.DataFrame:
     raise SourceError(f"{path}: annotation table must be .csv or .parquet")
 
 
+def _is_missing(value: Any) -> bool:
+    """Empty CSV cell or parquet null (pandas reads those as None, NaN or NA)."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
 def _parse_boxes(raw: Any, where: str, problems: list[str]) -> tuple[Box, ...]:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+    if _is_missing(raw):
         return ()
     try:
         items = json.loads(raw) if isinstance(raw, str) else list(raw)
@@ -97,6 +111,8 @@ def _parse_boxes(raw: Any, where: str, problems: list[str]) -> tuple[Box, ...]:
 
 
 def _split_labels(raw: Any, params: IngestParams) -> tuple[str, ...]:
+    if _is_missing(raw):
+        return ()
     if params.task == "multiclass":
         return (str(raw).strip(),)
     if isinstance(raw, str):
@@ -141,7 +157,10 @@ def read_table(root: Path, images: Path, params: IngestParams) -> list[Entry]:
             _parse_boxes(row[params.boxes_column], where, problems) if params.boxes_column else ()
         )
         labels = _split_labels(row[params.label_column], params)
-        entries.append(Entry(rel, labels, str(group) if group not in (None, "") else None, boxes))
+        if params.task == "multiclass" and not labels:
+            problems.append(f"{where}: no label (a multiclass row needs one class)")
+            continue
+        entries.append(Entry(rel, labels, None if _is_missing(group) else str(group), boxes))
     _raise_if(problems, str(table_path))
     return entries
 
@@ -157,9 +176,14 @@ def _voc_entry(xml_path: Path, params: IngestParams) -> Entry:
         label = (obj.findtext("name") or "").strip()
         if box is None or not label:
             raise SourceError(f"{xml_path}: an <object> lacks <name> or <bndbox>")
-        x0, y0, x1, y1 = (
-            float(box.findtext(tag) or "nan") for tag in ("xmin", "ymin", "xmax", "ymax")
-        )
+        coords = [box.findtext(tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
+        if any(not text or not text.strip() for text in coords):
+            raise SourceError(f"{xml_path}: <bndbox> of {label!r} lacks xmin/ymin/xmax/ymax")
+        x0, y0, x1, y1 = (float(text or "") for text in coords)
+        if not (x0 < x1 and y0 < y1):
+            raise SourceError(
+                f"{xml_path}: box {[x0, y0, x1, y1]} of {label!r} needs x0 < x1 and y0 < y1"
+            )
         boxes.append((x0, y0, x1, y1, label))
     labels = tuple(sorted({box[4] for box in boxes}))
     if params.task == "multiclass":
@@ -179,6 +203,7 @@ def read_voc(root: Path, images: Path, params: IngestParams) -> list[Entry]:
     if not voc_dir.is_dir():
         raise SourceError(f"{voc_dir}: VOC annotation folder not found (ingest.voc)")
     entries, problems = [], []
+    seen: dict[Path, str] = {}
     for xml_path in sorted(voc_dir.rglob("*.xml")):
         try:
             entry = _voc_entry(xml_path, params)
@@ -189,6 +214,10 @@ def read_voc(root: Path, images: Path, params: IngestParams) -> list[Entry]:
         if not target.is_file():
             problems.append(f"{xml_path.name}: image {entry.path!r} not found at {target}")
             continue
+        if target in seen:
+            problems.append(f"{xml_path.name}: same image {entry.path!r} as {seen[target]}")
+            continue
+        seen[target] = xml_path.name
         entries.append(entry)
     _raise_if(problems, str(voc_dir))
     return entries
@@ -202,7 +231,9 @@ def check_classes(entries: list[Entry], params: IngestParams) -> tuple[str, ...]
         return tuple(sorted(used | {params.good_class}))
     unknown = sorted(used - set(params.classes))
     if unknown:
-        where = [e.path for e in entries if set(e.labels) & set(unknown)][:5]
+        where = [
+            e.path for e in entries if (set(e.labels) | {b[4] for b in e.boxes}) & set(unknown)
+        ][:5]
         raise SourceError(
             f"unknown class name(s) {unknown} (e.g. in {where}); known classes are "
             f"{list(params.classes)}: fix the labels or add the class to ingest.classes"

@@ -22,21 +22,14 @@ def group_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [row["group"] if row["group"] is not None else f"path:{row['path']}" for row in rows]
 
 
-def row_classes(row: Mapping[str, Any], info: TaskInfo) -> list[str]:
-    """The class of a multiclass row; the defects (or the good class) of a multilabel row."""
-    if info.task == "multiclass":
-        return [row["label"]]
-    return list(row["labels"]) or [info.good_class]
-
-
 def group_strata(
     rows: Sequence[Mapping[str, Any]], keys: Sequence[str], info: TaskInfo
 ) -> dict[str, str]:
     """One class per group: its most frequent class, ties and multilabel going to the rarest."""
-    overall = Counter(name for row in rows for name in row_classes(row, info))
+    overall = Counter(name for row in rows for name in info.row_classes(row))
     per_group: dict[str, Counter[str]] = {}
     for row, key in zip(rows, keys, strict=True):
-        per_group.setdefault(key, Counter()).update(row_classes(row, info))
+        per_group.setdefault(key, Counter()).update(info.row_classes(row))
     strata = {}
     for key, counts in per_group.items():
         if info.task == "multiclass":

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.dedup import group_exact_duplicates
 from pipeline.io import open_image, pixel_sha256
-from pipeline.manifest import IMAGE_FIELDS, read_manifest, write_manifest
+from pipeline.manifest import IMAGE_FIELDS, TaskInfo, read_manifest, write_manifest
 from pipeline.params import CleanParams, load_section
 from pipeline.paths import resolve_inside, write_text_atomic
 from pipeline.stagecli import run_stage
@@ -67,25 +67,27 @@ def find_issues(
     hashes = [_pixel_hash(root, row) for row in rows]
     groups = group_exact_duplicates(hashes)
     conflicting = _conflicting_groups(rows, groups)
-    seen: set[int] = set()
+    # The first path in sorted order is the copy kept, whatever order the manifest lists them in.
+    first_path: dict[int, str] = {}
+    for row, group in zip(rows, groups, strict=True):
+        if group is not None:
+            first_path[group] = min(first_path.get(group, row["path"]), row["path"])
     issues = []
     for row, digest, group in zip(rows, hashes, groups, strict=True):
         issue = {**row, "pixel_sha256": digest, "exact_duplicate_group": group}
         issue["is_conflicting_label_issue"] = group in conflicting
-        issue["is_exact_duplicate_issue"] = group is not None and group in seen
-        if group is not None:
-            seen.add(group)
+        issue["is_exact_duplicate_issue"] = group is not None and row["path"] != first_path[group]
         issue["action"], issue["reason"] = _decide(issue, params)
         issues.append(issue)
     return issues
 
 
-def summarise(issues: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, Any]:
+def summarise(issues: list[dict[str, Any]], info: TaskInfo) -> dict[str, Any]:
     """Counts per issue type and per class for the metrics JSON."""
     checks = ["unreadable", "exact_duplicate", "conflicting_label"]
-    per_class: dict[str, Counter[str]] = {name: Counter() for name in classes}
+    per_class: dict[str, Counter[str]] = {name: Counter() for name in info.classes}
     for issue in issues:
-        for name in [issue["label"]] if issue["label"] else issue["labels"] or ["none"]:
+        for name in info.row_classes(issue):
             counts = per_class.setdefault(name, Counter())
             counts["images"] += 1
             counts["removed"] += issue["action"] == "remove"
@@ -109,7 +111,7 @@ def run(
         for issue in issues
         if issue["action"] != "remove"
     ]
-    summary = summarise(issues, info.classes)
+    summary = summarise(issues, info)
     write_manifest(issues_out, issues, "issues", info)
     write_manifest(out, kept, "images", info)
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")

@@ -41,10 +41,13 @@ def _facts(images: Path, entry: Entry, params: IngestParams) -> ImageFacts:
         facts = inspect_image(path, params.max_pixels)
     except OSError as exc:
         return ImageFacts(sha256="", reason=f"cannot read file: {exc}")
+    # Checked whether or not Pillow can decode it: the extension is the first thing to fix.
     suffix = path.suffix.lower()
-    if facts.reason is None and suffix not in params.extensions:
+    if suffix not in {ext.lower() for ext in params.extensions}:
         allowed = ", ".join(params.extensions)
-        return ImageFacts(facts.sha256, reason=f"unsupported extension {suffix!r} ({allowed})")
+        return ImageFacts(
+            facts.sha256, reason=f"unsupported extension {suffix!r} (ingest.extensions: {allowed})"
+        )
     return facts
 
 

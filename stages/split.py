@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.manifest import TaskInfo, read_manifest, write_manifest
 from pipeline.params import SplitParams, load_section
 from pipeline.paths import write_text_atomic
-from pipeline.splits import group_keys, row_classes, split_by_group
+from pipeline.splits import group_keys, split_by_group
 from pipeline.stagecli import run_stage
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def summarise(rows: list[dict[str, Any]], info: TaskInfo) -> dict[str, Any]:
     keys = group_keys(rows)
     for side in SIDES:
         members = [(row, key) for row, key in zip(rows, keys, strict=True) if row["split"] == side]
-        counts = Counter(name for row, _ in members for name in row_classes(row, info))
+        counts = Counter(name for row, _ in members for name in info.row_classes(row))
         summary[side] = {
             "images": len(members),
             "groups": len({key for _, key in members}),

@@ -1,0 +1,151 @@
+"""Tests of pipeline.io: one read gives the file hash and fully decoded pixels, or a reason."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.io import (
+    ImageReadError,
+    decode,
+    inspect_image,
+    load_rgb,
+    open_image,
+    pixel_sha256,
+)
+
+MAX_PIXELS = 1_000_000
+
+
+def random_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)  # (H, W, 3)
+    return Image.fromarray(pixels).convert(mode)
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("PNG", "RGB"), ("JPEG", "L"), ("BMP", "RGB"), ("TIFF", "RGBA")]
+)
+def test_inspect_image_records_size_mode_format_and_file_hash(
+    tmp_path: Path, fmt: str, mode: str
+) -> None:
+    data = encode(random_image(13, 7, mode), fmt)
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(data)
+    facts = inspect_image(path, MAX_PIXELS)
+    assert facts.reason is None
+    assert (facts.width, facts.height, facts.mode, facts.format) == (13, 7, mode, fmt)
+    assert facts.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def _truncated_png() -> bytes:
+    data = encode(random_image(30, 20), "PNG")
+    return data[: len(data) // 2]
+
+
+def _truncated_jpeg() -> bytes:
+    data = encode(random_image(30, 20), "JPEG")
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "zero-byte"),
+        (_truncated_png(), "truncated"),
+        (_truncated_jpeg(), "truncated"),
+        (b"just some text, not an image\n", "not a recognised image format"),
+    ],
+    ids=["zero-byte", "truncated-png", "truncated-jpeg", "text"],
+)
+def test_unreadable_bytes_come_back_as_a_reason_not_an_exception(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    path = tmp_path / "bad.png"
+    path.write_bytes(data)
+    facts = inspect_image(path, MAX_PIXELS)
+    assert facts.reason is not None
+    assert expected in facts.reason.lower()
+    # No pixels were decoded, so nothing but the hash is recorded.
+    assert (facts.width, facts.height, facts.mode, facts.format) == (None, None, None, None)
+    assert facts.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_image_over_max_pixels_is_refused_with_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(encode(random_image(40, 30), "PNG"))
+    facts = inspect_image(path, max_pixels=40 * 30 - 1)
+    assert facts.reason is not None
+    assert "40x30" in facts.reason
+    assert "max_pixels" in facts.reason
+    # The check is on the pixel count, so exactly max_pixels still decodes.
+    assert inspect_image(path, max_pixels=40 * 30).reason is None
+
+
+def test_decode_loads_all_pixels(tmp_path: Path) -> None:
+    original = random_image(9, 5, seed=4)
+    image = decode(encode(original, "PNG"), MAX_PIXELS)
+    assert np.array_equal(np.asarray(image), np.asarray(original))
+
+
+def test_open_image_names_the_file_that_fails(tmp_path: Path) -> None:
+    path = tmp_path / "gone-bad.jpg"
+    path.write_bytes(_truncated_jpeg())
+    with pytest.raises(ImageReadError, match=r"gone-bad\.jpg"):
+        open_image(path, MAX_PIXELS)
+    with pytest.raises(ImageReadError, match=r"missing\.png"):
+        open_image(tmp_path / "missing.png", MAX_PIXELS)
+
+
+def test_pixel_sha256_is_the_same_for_a_png_resaved_with_other_compression() -> None:
+    image = random_image(16, 12, seed=1)
+    fast = encode(image, "PNG", compress_level=0)
+    small = encode(image, "PNG", compress_level=9, optimize=True)
+    assert fast != small  # the files differ ...
+    first, second = decode(fast, MAX_PIXELS), decode(small, MAX_PIXELS)
+    assert pixel_sha256(first) == pixel_sha256(second)  # ... the pixels do not
+
+
+def test_pixel_sha256_changes_with_one_pixel() -> None:
+    image = random_image(16, 12, seed=1)
+    changed = image.copy()
+    red, green, blue = changed.getpixel((3, 4))  # type: ignore[misc]
+    changed.putpixel((3, 4), ((red + 1) % 256, green, blue))
+    assert pixel_sha256(image) != pixel_sha256(changed)
+
+
+def test_pixel_sha256_tells_apart_same_bytes_in_another_shape_or_mode() -> None:
+    grey = Image.frombytes("L", (4, 6), bytes(range(24)))
+    assert pixel_sha256(grey) != pixel_sha256(Image.frombytes("L", (6, 4), bytes(range(24))))
+    assert pixel_sha256(grey) != pixel_sha256(Image.frombytes("P", (4, 6), bytes(range(24))))
+
+
+def test_pixel_sha256_tells_apart_palette_images_with_other_colours() -> None:
+    indices = bytes([0, 1, 1, 0] * 4)
+    black_white = Image.frombytes("P", (4, 4), indices)
+    black_white.putpalette([0, 0, 0, 255, 255, 255])
+    red_blue = Image.frombytes("P", (4, 4), indices)
+    red_blue.putpalette([255, 0, 0, 0, 0, 255])
+    assert pixel_sha256(black_white) != pixel_sha256(red_blue)
+
+
+def test_load_rgb_converts_and_resizes(tmp_path: Path) -> None:
+    path = tmp_path / "grey.png"
+    random_image(20, 10, "L").save(path)
+    array = load_rgb(path, 8, MAX_PIXELS)
+    assert array.shape == (8, 8, 3)
+    assert array.dtype == np.uint8
+    # A grey source stays grey after conversion: the three channels are equal.
+    assert np.array_equal(array[..., 0], array[..., 1])
+    assert np.array_equal(array[..., 1], array[..., 2])
