@@ -62,6 +62,12 @@ def build_model(name: str, num_outputs: int, pretrained: bool) -> nn.Module:
     return model
 
 
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move the model to `device` in channels_last layout (bench/train_throughput.py: 1.13x on
+    this CPU for resnet18 at 64 px; more on GPUs)."""
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
 def pick_device(setting: str) -> torch.device:
     """`auto`: CUDA when present, else CPU; `cuda` without a GPU is an error."""
     if setting == "cuda" and not torch.cuda.is_available():

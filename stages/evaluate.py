@@ -22,7 +22,7 @@ from pipeline.datasets import decode_stack, output_names, targets
 from pipeline.errors import ApexLoopError
 from pipeline.inference import predict_logits, score_metrics, to_scores
 from pipeline.manifest import TaskInfo, read_manifest
-from pipeline.models import build_model, pick_device
+from pipeline.models import build_model, pick_device, place_model
 from pipeline.params import EvaluateParams, load_section
 from pipeline.paths import write_text_atomic
 from pipeline.plots import confusion_matrix_png
@@ -104,7 +104,7 @@ def run(
     rows, info = read_manifest(manifest, "split")
     model, size = load_model(model_path, info)
     device = pick_device("auto")
-    model.to(device)
+    place_model(model, device)
     results: dict[str, Any] = {}
     for name in SIDES:
         members = [row for row in rows if row["split"] == name]

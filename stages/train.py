@@ -21,7 +21,7 @@ import torch
 from pipeline.datasets import decode_stack, output_names, targets
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import TaskInfo, read_manifest
-from pipeline.models import build_model, pick_device
+from pipeline.models import build_model, pick_device, place_model
 from pipeline.params import TrainParams, load_section
 from pipeline.paths import atomic_output, write_text_atomic
 from pipeline.stagecli import run_stage
@@ -78,7 +78,9 @@ def run(
     train = side(rows, "train", info, root, params.image_size)
     val = side(rows, "val", info, root, params.image_size)
     torch.manual_seed(params.seed)  # weight init and dropout draw from torch's global RNG
-    model = build_model(params.model, len(output_names(info)), params.pretrained).to(device)
+    model = place_model(
+        build_model(params.model, len(output_names(info)), params.pretrained), device
+    )
     state, history = fit(model, train, val, params, info, device)
     best = max(history, key=lambda entry: entry.val_macro_f1)
     save_checkpoint(model_out, state, params, info)
