@@ -91,10 +91,10 @@ def run(
         "val_loss": best.val_loss,
         "train_images": len(train[0]),
         "device": device.type,
-        "seconds": round(time.perf_counter() - started, 1),
     }
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
     write_text_atomic(history_out, _history_csv(history))
+    log.info("trained in %.1f s: %s", time.perf_counter() - started, summary)
     return summary
 
 
