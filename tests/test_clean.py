@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
+from conftest import table_source, write_params
 from PIL import Image, PngImagePlugin
 
 from pipeline.manifest import IMAGE_FIELDS, read_manifest, write_manifest
@@ -68,20 +68,7 @@ def _write_params(
     path: Path, root: Path, clean_section: dict[str, str] | None = None, task: str = "multiclass"
 ) -> Path:
     """The repo's params.yaml with ingest pointed at `root` (a table source) and clean changed."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["ingest"].update(
-        root=str(root),
-        task=task,
-        source="table",
-        images="images",
-        table="labels.csv",
-        masks=None,
-        group_column="group",
-        boxes_column=None,
-    )
-    params["clean"].update(clean_section or {})
-    path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    return path
+    return write_params(path, ingest=table_source(root, task), clean=clean_section or {})
 
 
 def _write_table(root: Path, labels: dict[str, str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import write_params
 from PIL import Image
 
 from pipeline.manifest import read_manifest
@@ -47,18 +47,14 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask).save(path)
 
 
-def write_params(tmp_path: Path, root: Path, **ingest_changes: Any) -> Path:
+def params_for(tmp_path: Path, root: Path, **ingest_changes: Any) -> Path:
     """The repo's params.yaml with its ingest section pointed at `root` and changed."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["ingest"].update(root=str(root), **ingest_changes)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    return path
+    return write_params(tmp_path / "params.yaml", ingest={"root": str(root), **ingest_changes})
 
 
 def run_ingest(tmp_path: Path, root: Path, **ingest_changes: Any) -> tuple[int, Path]:
     """Run the CLI; return (exit code, manifest path), the manifest in a folder of its own."""
-    params = write_params(tmp_path, root, **ingest_changes)
+    params = params_for(tmp_path, root, **ingest_changes)
     out = tmp_path / "out" / "ingest.parquet"
     return ingest.main(["--params", str(params), "--out", str(out)]), out
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
+from conftest import table_source, write_params
 from PIL import Image
 
 from pipeline.manifest import read_manifest
@@ -26,20 +26,7 @@ MULTILABEL_LABELS = ["", "scratch", "hole;scratch", "crack", "stain;crack"]
 
 
 def _write_params(path: Path, root: Path, task: str, split_section: dict[str, Any]) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["ingest"].update(
-        root=str(root),
-        task=task,
-        source="table",
-        images="images",
-        table="labels.csv",
-        masks=None,
-        group_column="group",
-        boxes_column=None,
-    )
-    params["split"].update(split_section)
-    path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    return path
+    return write_params(path, ingest=table_source(root, task), split=split_section)
 
 
 def _make_dataset(root: Path, labels: list[str], seed: int) -> None:

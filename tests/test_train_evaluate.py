@@ -8,104 +8,27 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import run_dvc_stages, write_params
 
 from pipeline import synth
 from pipeline.datasets import output_names
 from pipeline.manifest import read_manifest
 from pipeline.models import WeightsMissingError, build_model
-from stages import clean, evaluate, ingest, split, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
 
 
 def run_pipeline(work: Path, multilabel: bool) -> Path:
-    """Generate data and run all five stages; returns the folder holding the outputs."""
+    """Generate data and run all five stages as dvc.yaml declares them; returns `work`."""
     synth.generate(work / "raw", count=60, seed=3, multilabel=multilabel)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"]["root"] = str(work / "raw")
+    ingest = {"root": str(work / "raw")}
     if multilabel:
-        params["ingest"].update(task="multilabel", label_column="labels")
-    params["train"].update(epochs=1, image_size=32, batch_size=16)
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    p, root, m = str(work / "params.yaml"), str(work / "raw"), work
-    assert ingest.main(["--params", p, "--out", str(m / "ingest.parquet")]) == 0
-    assert (
-        clean.main(
-            [
-                "--params",
-                p,
-                "--root",
-                root,
-                "--manifest",
-                str(m / "ingest.parquet"),
-                "--out",
-                str(m / "clean.parquet"),
-                "--issues",
-                str(m / "issues.parquet"),
-                "--metrics",
-                str(m / "clean.json"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        split.main(
-            [
-                "--params",
-                p,
-                "--manifest",
-                str(m / "clean.parquet"),
-                "--out",
-                str(m / "split.parquet"),
-                "--metrics",
-                str(m / "split.json"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        train.main(
-            [
-                "--params",
-                p,
-                "--root",
-                root,
-                "--manifest",
-                str(m / "split.parquet"),
-                "--model",
-                str(m / "model.pt"),
-                "--metrics",
-                str(m / "train.json"),
-                "--history",
-                str(m / "history.csv"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        evaluate.main(
-            [
-                "--params",
-                p,
-                "--root",
-                root,
-                "--manifest",
-                str(m / "split.parquet"),
-                "--model",
-                str(m / "model.pt"),
-                "--metrics",
-                str(m / "eval.json"),
-                "--predictions",
-                str(m / "pred.csv"),
-                "--confusion",
-                str(m / "confusion.png"),
-            ]
-        )
-        == 0
-    )
-    return m
+        ingest.update(task="multilabel", label_column="labels")
+    train = {"epochs": 1, "image_size": 32, "batch_size": 16}
+    write_params(work / "params.yaml", ingest=ingest, train=train)
+    run_dvc_stages(work)
+    return work
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["multiclass", "multilabel"])
@@ -114,22 +37,22 @@ def outputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def test_checkpoint_loads_safely_and_carries_its_params(outputs: Path) -> None:
-    checkpoint = torch.load(outputs / "model.pt", weights_only=True)
-    _rows, info = read_manifest(outputs / "split.parquet", "split")
+    checkpoint = torch.load(outputs / "models/model.pt", weights_only=True)
+    _rows, info = read_manifest(outputs / "data/interim/split.parquet", "split")
     assert checkpoint["classes"] == list(info.classes)
     assert checkpoint["task"] == info.task
     assert checkpoint["params"]["epochs"] == 1
     model = build_model(checkpoint["model"], len(output_names(info)), pretrained=False)
     model.load_state_dict(checkpoint["state_dict"])
-    history = list(csv.DictReader((outputs / "history.csv").open()))
+    history = list(csv.DictReader((outputs / "reports/train_history.csv").open()))
     assert [int(row["epoch"]) for row in history] == [1]
 
 
 def test_evaluate_metrics_agree_with_the_predictions_file(outputs: Path) -> None:
-    rows, info = read_manifest(outputs / "split.parquet", "split")
-    predictions = list(csv.DictReader((outputs / "pred.csv").open()))
+    rows, info = read_manifest(outputs / "data/interim/split.parquet", "split")
+    predictions = list(csv.DictReader((outputs / "reports/test_predictions.csv").open()))
     assert [p["path"] for p in predictions] == [r["path"] for r in rows if r["split"] == "test"]
-    test = json.loads((outputs / "eval.json").read_text())["test"]
+    test = json.loads((outputs / "reports/evaluate.json").read_text())["test"]
     good = info.good_class
     defective = [p for p in predictions if p["actual"] != good]
     missed = sum(p["predicted"] == good for p in defective)
@@ -138,7 +61,7 @@ def test_evaluate_metrics_agree_with_the_predictions_file(outputs: Path) -> None
     overkill = sum(p["predicted"] != good for p in goods)
     assert test["overkill_rate"] == (round(overkill / len(goods), 4) if goods else None)
     assert set(test["per_class"]) == set(output_names(info))
-    assert (outputs / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (outputs / "reports/confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_missing_pretrained_weights_is_a_clear_error(

@@ -1,0 +1,53 @@
+"""Shared test helpers: params files derived from the repository's params.yaml."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_params(path: Path, **sections: dict[str, Any]) -> Path:
+    """Write the repo's params.yaml to `path` with each named section updated by its dict."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for name, changes in sections.items():
+        params[name].update(changes)
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def table_source(root: Path, task: str = "multiclass") -> dict[str, Any]:
+    """Ingest settings for `<root>/labels.csv` (path,label,group) over `<root>/images`."""
+    return {
+        "root": str(root),
+        "task": task,
+        "source": "table",
+        "images": "images",
+        "table": "labels.csv",
+        "masks": None,
+        "group_column": "group",
+        "boxes_column": None,
+    }
+
+
+def run_dvc_stages(work: Path) -> None:
+    """Run every dvc.yaml stage in order, in-process in `work`, with the command DVC would run.
+
+    `work` holds params.yaml; paths in the commands are relative to it, as under `dvc repro`.
+    """
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    root = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))["ingest"]["root"]
+    previous = Path.cwd()
+    os.chdir(work)
+    try:
+        for name, stage in stages.items():
+            words = shlex.split(stage["cmd"].replace("${ingest.root}", root))
+            assert importlib.import_module(f"stages.{name}").main(words[3:]) == 0, name
+    finally:
+        os.chdir(previous)
