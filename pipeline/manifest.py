@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import ApexLoopError
 from pipeline.paths import atomic_output
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _META_KEY = b"apexloop"
 
 BOX_TYPE = pa.struct(
@@ -49,13 +49,35 @@ IMAGE_FIELDS = [
     pa.field("unreadable_reason", pa.string()),
 ]
 
+# The clean stage's per-check columns follow CleanVision's habit: <check>_score in [0, 1]
+# (null where the check did not run) and is_<check>_issue.
+CHECKS = (
+    "unreadable",
+    "exact_duplicate",
+    "near_duplicate",
+    "conflicting_label",
+    "blur",
+    "dark",
+    "light",
+    "odd_size",
+    "label",
+)
+SCORED_CHECKS = ("blur", "dark", "light", "odd_size")
+
 ISSUE_FIELDS = [
     pa.field("pixel_sha256", pa.string()),
+    pa.field("perceptual_hash", pa.uint64()),
+    pa.field("sharpness", pa.float64()),
     pa.field("exact_duplicate_group", pa.int32()),
-    pa.field("is_exact_duplicate_issue", pa.bool_(), nullable=False),
-    pa.field("is_conflicting_label_issue", pa.bool_(), nullable=False),
-    pa.field("action", pa.string(), nullable=False),
+    pa.field("near_duplicate_group", pa.int32()),
+    *[pa.field(f"{check}_score", pa.float64()) for check in SCORED_CHECKS],
+    pa.field("label_quality", pa.float64()),  # Cleanlab's score of the given label(s)
+    pa.field("suggested_label", pa.string()),  # multilabel: labels joined by ';' ('' = good)
+    pa.field("is_suggestion_confident", pa.bool_(), nullable=False),
+    *[pa.field(f"is_{check}_issue", pa.bool_(), nullable=False) for check in CHECKS[1:]],
+    pa.field("action", pa.string(), nullable=False),  # keep | flag | relabel | remove
     pa.field("reason", pa.string()),
+    pa.field("override", pa.string()),  # the reviewer's decision that set the action, if any
 ]
 
 SCHEMAS: dict[str, pa.Schema] = {

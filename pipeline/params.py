@@ -64,11 +64,62 @@ class IngestParams(_Section):
         return self
 
 
-class CleanParams(_Section):
-    """What the data-quality gate does with each issue type."""
+CheckAction = Literal["remove", "flag", "off"]
 
-    exact_duplicate_action: Literal["remove", "flag"]
-    conflicting_label_action: Literal["remove", "flag"]
+
+class LabelIssueParams(_Section):
+    """Cleanlab label issues from K-fold out-of-sample probabilities on image embeddings."""
+
+    embedding: Literal["auto", "mobilenet_v2", "thumbnail"]
+    embedding_size: int = Field(ge=32, le=512)
+    folds: int = Field(ge=2, le=20)
+    classifier: Literal["logreg", "knn"]
+    filter_by: Literal[
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+    ]
+    prob_threshold_correct: float = Field(ge=0, le=1)
+    prob_threshold_wrong: float = Field(ge=0, le=1)
+    seed: int = Field(ge=0)
+
+
+class CleanActions(_Section):
+    """Per issue type: remove the image, flag it (kept, marked), or switch the check off."""
+
+    exact_duplicate: Literal["remove", "flag"]
+    near_duplicate: CheckAction
+    conflicting_label: Literal["remove", "flag"]
+    blur: CheckAction
+    dark: CheckAction
+    light: CheckAction
+    odd_size: CheckAction
+    label: Literal["remove", "flag", "relabel", "off"]
+
+
+class CleanParams(_Section):
+    """Thresholds and actions of the data-quality gate (unreadable images are always removed)."""
+
+    workers: int = Field(ge=1, le=256, description="processes decoding and hashing images")
+    working_size: int = Field(ge=0, description="longest side for blur/brightness; 0 = native")
+    hash: Literal["phash", "dhash", "whash", "ahash"]
+    near_duplicate_max_distance: int = Field(ge=0, le=16, description="Hamming bits of 64")
+    blur_absolute: float = Field(ge=0, description="Laplacian variance below this is blurry")
+    blur_relative: float = Field(ge=0, le=1, description="... or below this x class median")
+    dark_threshold: float = Field(gt=0, le=1)
+    light_threshold: float = Field(gt=0, le=1)
+    odd_size_min_side: int = Field(ge=1)
+    odd_size_threshold: float = Field(gt=0, le=1)
+    label_issues: LabelIssueParams
+    actions: CleanActions
+    overrides: str = Field(min_length=1, description="review queue CSV whose decisions win")
+
+    @model_validator(mode="after")
+    def _check_working_size(self) -> CleanParams:
+        if 0 < self.working_size < 32:
+            raise ValueError(
+                f"clean.working_size must be 0 (native) or at least 32 (got {self.working_size}): "
+                "smaller images lose the texture the blur check measures"
+            )
+        return self
 
 
 class SplitParams(_Section):

@@ -1,11 +1,14 @@
 """Clean stage: the data-quality gate.
 
-Decodes every readable image once, groups exact duplicates by the hash of their decoded pixels,
-and decides per image: keep, or remove with a reason. Unreadable images are always removed
-(nothing can be learned from them). Of a duplicate group with one label, the first path in
-sorted order is kept; a group whose members carry different labels is a label-error signal and
-is never resolved by keeping one side silently. Every input image appears in the issues
-manifest with its flags, the action and why.
+Decodes every readable image once (in `clean.workers` processes) for all checks: exact
+duplicates (hash of the decoded pixels), near duplicates (perceptual hash within a Hamming
+distance, grouped by connected components), duplicates carrying different labels, blur
+(Laplacian variance, absolute and relative to the image's class), dark, light and odd-size
+images. Each issue type's action is a param: remove, flag (kept, marked) or off. Of a duplicate
+group the first path in sorted order is kept; a group whose members carry different labels is
+a label-error signal and is never resolved by keeping one side silently. Unreadable images are
+always removed. Every input image appears in the issues manifest with every score and flag,
+the action taken and why.
 """
 
 from __future__ import annotations
@@ -15,107 +18,223 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
+from statistics import median
 from typing import Any
 
-from pipeline.dedup import group_exact_duplicates
-from pipeline.io import open_image, pixel_sha256
-from pipeline.manifest import IMAGE_FIELDS, TaskInfo, read_manifest, write_manifest
+import numpy as np
+
+from pipeline.checks import Features, compute_features, score_checks
+from pipeline.dedup import (
+    group_exact_duplicates,
+    group_near_duplicates,
+    mark_conflicts,
+    mark_duplicates,
+)
+from pipeline.embeddings import resolve_kind
+from pipeline.labels import assess_multiclass, assess_multilabel
+from pipeline.manifest import CHECKS, IMAGE_FIELDS, TaskInfo, read_manifest, write_manifest
 from pipeline.params import CleanParams, load_section
-from pipeline.paths import resolve_inside, write_text_atomic
+from pipeline.paths import write_text_atomic
+from pipeline.review import OverrideError, read_overrides, write_review_page, write_review_queue
 from pipeline.stagecli import run_stage
 
 log = logging.getLogger(__name__)
 _IMAGE_COLUMNS = [field.name for field in IMAGE_FIELDS]
 
 
-def _pixel_hash(root: Path, row: dict[str, Any]) -> str | None:
-    if row["is_unreadable_issue"]:
-        return None
-    image = open_image(resolve_inside(root, row["path"]), row["width"] * row["height"])
-    return pixel_sha256(image)
+def _decide(issue: dict[str, Any], params: CleanParams) -> tuple[str, str | None]:
+    """(action, reason): remove if any found issue's action is remove, flag if any is found."""
+    if issue["is_unreadable_issue"]:
+        return "remove", f"unreadable: {issue['unreadable_reason']}"
+    found = [check for check in CHECKS[1:] if issue[f"is_{check}_issue"]]
+    if not found:
+        return "keep", None
+    actions = {check: getattr(params.actions, check) for check in found}
+    if actions.get("label") == "relabel" and not issue["is_suggestion_confident"]:
+        actions["label"] = "flag"  # only confident suggestions are applied
+    taken = set(actions.values())
+    action = next(a for a in ("remove", "relabel", "flag") if a in taken)
+    return action, "; ".join(f"{check} ({actions[check]})" for check in found)
 
 
-def _label_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["label"], tuple(row["labels"]))
-
-
-def _conflicting_groups(rows: list[dict[str, Any]], groups: list[int | None]) -> set[int]:
-    labels: dict[int, set[tuple[Any, ...]]] = {}
-    for row, group in zip(rows, groups, strict=True):
-        if group is not None:
-            labels.setdefault(group, set()).add(_label_key(row))
-    return {group for group, keys in labels.items() if len(keys) > 1}
-
-
-def _decide(row: dict[str, Any], params: CleanParams) -> tuple[str, str | None]:
-    """(action, reason): action is keep, flag (kept, marked) or remove."""
-    if row["is_unreadable_issue"]:
-        return "remove", f"unreadable: {row['unreadable_reason']}"
-    if row["is_conflicting_label_issue"]:
-        why = f"identical pixels with different labels (group {row['exact_duplicate_group']})"
-        return params.conflicting_label_action, why
-    if row["is_exact_duplicate_issue"]:
-        why = f"exact duplicate (group {row['exact_duplicate_group']}; first path kept)"
-        return params.exact_duplicate_action, why
-    return "keep", None
+def _label_step(
+    issues: list[dict[str, Any]],
+    features: list[Features | None],
+    kind: str | None,
+    info: TaskInfo,
+    params: CleanParams,
+) -> dict[str, Any]:
+    """Set the label-issue columns; return what the metrics should say about the step."""
+    for issue in issues:
+        issue.update(
+            label_quality=None,
+            suggested_label=None,
+            is_label_issue=False,
+            is_suggestion_confident=False,
+        )
+    if kind is None:
+        return {"embedding": None, "skipped_reason": "check off", "skipped_classes": {}}
+    used, vectors = [], []
+    for index, feature in enumerate(features):
+        if feature is not None and feature.embedding is not None:
+            used.append(index)
+            vectors.append(feature.embedding)
+    groups = [issues[i]["group"] or f"path:{issues[i]['path']}" for i in used]
+    settings, distinct = params.label_issues, len(set(groups))
+    if distinct < settings.folds:
+        log.warning("label issues skipped: %d groups for %d folds", distinct, settings.folds)
+        reason = f"{distinct} groups < {settings.folds} folds"
+        return {"embedding": kind, "skipped_reason": reason, "skipped_classes": {}}
+    x = np.stack(vectors)  # (N, D)
+    if info.task == "multiclass":
+        findings, skipped = assess_multiclass(
+            x, [issues[i]["label"] for i in used], groups, settings
+        )
+    else:
+        multi = [issues[i]["labels"] for i in used]
+        findings, skipped = assess_multilabel(x, multi, info.defect_classes, groups, settings)
+    for index, finding in zip(used, findings, strict=True):
+        if finding.suggested is not None:
+            issues[index].update(
+                label_quality=finding.quality,
+                suggested_label=";".join(finding.suggested),
+                is_label_issue=finding.is_issue,
+                is_suggestion_confident=finding.is_confident,
+            )
+    if skipped:
+        log.warning("label issues skipped for classes with fewer images than folds: %s", skipped)
+    return {"embedding": kind, "skipped_reason": None, "skipped_classes": skipped}
 
 
 def find_issues(
-    root: Path, rows: list[dict[str, Any]], params: CleanParams
-) -> list[dict[str, Any]]:
-    """Issue rows: every input row plus its pixel hash, duplicate group, flags and action."""
-    hashes = [_pixel_hash(root, row) for row in rows]
-    groups = group_exact_duplicates(hashes)
-    conflicting = _conflicting_groups(rows, groups)
-    # The first path in sorted order is the copy kept, whatever order the manifest lists them in.
-    first_path: dict[int, str] = {}
-    for row, group in zip(rows, groups, strict=True):
-        if group is not None:
-            first_path[group] = min(first_path.get(group, row["path"]), row["path"])
+    root: Path, rows: list[dict[str, Any]], params: CleanParams, info: TaskInfo
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Issue rows (every input row plus its features, groups, scores, flags and action) and the
+    label-issue step's summary."""
+    kind = None if params.actions.label == "off" else resolve_kind(params.label_issues.embedding)
+    features = compute_features(root, rows, params, kind)
+    pixel = [f.pixel_sha256 if f else None for f in features]
+    hashes = [f.perceptual_hash if f else None for f in features]
+    near = (
+        group_near_duplicates(hashes, params.near_duplicate_max_distance)
+        if params.actions.near_duplicate != "off"
+        else [None] * len(rows)
+    )
+    sharpness: dict[str, list[float]] = {}
+    for row, feature in zip(rows, features, strict=True):
+        if feature is not None:
+            sharpness.setdefault(info.row_classes(row)[0], []).append(feature.sharpness)
+    medians = {name: median(values) for name, values in sharpness.items()}
     issues = []
-    for row, digest, group in zip(rows, hashes, groups, strict=True):
-        issue = {**row, "pixel_sha256": digest, "exact_duplicate_group": group}
-        issue["is_conflicting_label_issue"] = group in conflicting
-        issue["is_exact_duplicate_issue"] = group is not None and row["path"] != first_path[group]
-        issue["action"], issue["reason"] = _decide(issue, params)
+    for row, feature, digest, perceptual, exact, close in zip(
+        rows, features, pixel, hashes, group_exact_duplicates(pixel), near, strict=True
+    ):
+        issue = {
+            **row,
+            "pixel_sha256": digest,
+            "perceptual_hash": perceptual,
+            "sharpness": feature.sharpness if feature else None,
+            "exact_duplicate_group": exact,
+            "near_duplicate_group": close,
+        }
+        score_checks(issue, feature, medians.get(info.row_classes(row)[0], 0.0), params)
         issues.append(issue)
-    return issues
+    mark_duplicates(issues, "exact_duplicate_group", "exact_duplicate")
+    mark_duplicates(issues, "near_duplicate_group", "near_duplicate")
+    mark_conflicts(issues)
+    step = _label_step(issues, features, kind, info, params)
+    for issue in issues:
+        issue["action"], issue["reason"] = _decide(issue, params)
+    return issues, step
+
+
+def apply_overrides(
+    issues: list[dict[str, Any]], decisions: dict[str, tuple[str, str | None]]
+) -> None:
+    """A reviewer's decision replaces the automatic action (keep, drop, relabel to a class)."""
+    for issue in issues:
+        issue["override"] = None
+        if issue["path"] not in decisions:
+            continue
+        kind, target = decisions[issue["path"]]
+        issue["override"] = f"{kind}:{target}" if target else kind
+        issue["reason"] = f"override {issue['override']} (automatic: {issue['action']})"
+        issue["action"] = {"keep": "keep", "drop": "remove", "relabel": "relabel"}[kind]
+        if kind == "keep" and issue["is_unreadable_issue"]:
+            raise OverrideError(f"{issue['path']}: cannot keep an unreadable image")
+
+
+def cleaned_row(issue: dict[str, Any], info: TaskInfo) -> dict[str, Any]:
+    """The images-manifest row of a kept image, its label replaced when it was relabelled
+    (to the reviewer's class when an override says so, else to the confident suggestion)."""
+    row = {name: issue[name] for name in _IMAGE_COLUMNS}
+    if issue["action"] == "relabel":
+        override = issue["override"] or ""
+        suggested = override.partition(":")[2] if override else issue["suggested_label"]
+        if suggested == info.good_class and info.task == "multilabel":
+            suggested = ""
+        if info.task == "multiclass":
+            row.update(label=suggested, labels=[] if suggested == info.good_class else [suggested])
+        else:
+            row.update(labels=suggested.split(";") if suggested else [])
+    return row
 
 
 def summarise(issues: list[dict[str, Any]], info: TaskInfo) -> dict[str, Any]:
-    """Counts per issue type and per class for the metrics JSON."""
-    checks = ["unreadable", "exact_duplicate", "conflicting_label"]
+    """Counts per issue type, overall and per class, for `dvc metrics diff`."""
     per_class: dict[str, Counter[str]] = {name: Counter() for name in info.classes}
     for issue in issues:
         for name in info.row_classes(issue):
             counts = per_class.setdefault(name, Counter())
             counts["images"] += 1
             counts["removed"] += issue["action"] == "remove"
+            counts["flagged"] += issue["action"] == "flag"
+            counts.update(check for check in CHECKS if issue[f"is_{check}_issue"])
     return {
         "images_in": len(issues),
         "images_out": sum(issue["action"] != "remove" for issue in issues),
-        "issues": {check: sum(issue[f"is_{check}_issue"] for issue in issues) for check in checks},
         "removed": sum(issue["action"] == "remove" for issue in issues),
-        "per_class": {name: dict(counts) for name, counts in per_class.items()},
+        "flagged": sum(issue["action"] == "flag" for issue in issues),
+        "relabelled": sum(issue["action"] == "relabel" for issue in issues),
+        "overridden": sum(issue["override"] is not None for issue in issues),
+        "issues": {check: sum(issue[f"is_{check}_issue"] for issue in issues) for check in CHECKS},
+        "per_class": {
+            name: {key: counts[key] for key in ("images", "removed", "flagged", *CHECKS)}
+            for name, counts in per_class.items()
+        },
     }
 
 
 def run(
-    params: CleanParams, root: Path, manifest: Path, out: Path, issues_out: Path, metrics: Path
+    params: CleanParams,
+    root: Path,
+    manifest: Path,
+    out: Path,
+    issues_out: Path,
+    metrics: Path,
+    review: Path,
+    queue: Path,
 ) -> dict[str, Any]:
-    """Find issues, write the issues manifest, the cleaned manifest and the summary metrics."""
+    """Find issues, apply the reviewer's overrides, and write the issues manifest, the cleaned
+    manifest, the summary metrics, the review page and the review queue."""
     rows, info = read_manifest(manifest, "images")
-    issues = find_issues(root, rows, params)
-    kept = [
-        {name: issue[name] for name in _IMAGE_COLUMNS}
-        for issue in issues
-        if issue["action"] != "remove"
-    ]
-    summary = summarise(issues, info)
+    decisions = read_overrides(Path(params.overrides), {row["path"] for row in rows}, info)
+    issues, label_step = find_issues(root, rows, params, info)
+    apply_overrides(issues, decisions)
+    kept = [cleaned_row(issue, info) for issue in issues if issue["action"] != "remove"]
+    summary = {**summarise(issues, info), "label_issues": label_step}
     write_manifest(issues_out, issues, "issues", info)
     write_manifest(out, kept, "images", info)
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
-    log.info("kept %d of %d images; issues %s", len(kept), len(rows), summary["issues"])
+    write_review_page(review, root, issues, info)
+    write_review_queue(queue, issues)
+    log.info(
+        "kept %d of %d images (%d flagged); issues %s",
+        len(kept),
+        len(rows),
+        summary["flagged"],
+        summary["issues"],
+    )
     return summary
 
 
@@ -127,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="cleaned images manifest")
     parser.add_argument("--issues", type=Path, required=True, help="issues manifest")
     parser.add_argument("--metrics", type=Path, required=True, help="summary counts (JSON)")
+    parser.add_argument("--review", type=Path, required=True, help="review page (HTML)")
+    parser.add_argument("--queue", type=Path, required=True, help="review queue (CSV) to edit")
     args = parser.parse_args(argv)
     return run_stage(
         lambda: run(
@@ -136,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             args.issues,
             args.metrics,
+            args.review,
+            args.queue,
         )
     )
 

@@ -1,13 +1,23 @@
-"""Tests of pipeline.dedup.group_exact_duplicates."""
+"""Tests of pipeline.dedup: exact groups, near-duplicate pairs and groups, and the marks."""
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
+from unittest.mock import patch
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dedup import group_exact_duplicates
+from pipeline import dedup
+from pipeline.dedup import (
+    group_exact_duplicates,
+    group_near_duplicates,
+    mark_conflicts,
+    mark_duplicates,
+    near_duplicate_pairs,
+)
 
 # A small alphabet so that repeated keys are common.
 KEYS = st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "e"])), max_size=30)
@@ -57,3 +67,255 @@ def test_ids_are_numbered_from_zero_in_first_appearance_order(keys: list[str | N
     assert first_appearances == list(range(len(first_appearances)))
     repeated = {key for key, n in Counter(k for k in keys if k is not None).items() if n > 1}
     assert len(first_appearances) == len(repeated)
+
+
+# --- near_duplicate_pairs ----------------------------------------------------------------------
+
+U64 = st.one_of(
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([0, 1, 2**63, 2**63 - 1, 2**64 - 1, 0xFFFF, 0xFFFF << 48]),
+)
+
+
+@st.composite
+def planted_hashes(draw: st.DrawFn) -> list[int]:
+    """Random 64-bit hashes plus copies of some of them with a few chosen bits flipped.
+
+    Hypothesis picks the flipped bits, so they may all fall in one block (the hard case for
+    multi-index hashing) or spread over every block.
+    """
+    hashes = draw(st.lists(U64, min_size=0, max_size=25))
+    if hashes:
+        for _ in range(draw(st.integers(0, 15))):
+            source = draw(st.sampled_from(hashes))
+            bits = draw(st.sets(st.integers(0, 63), max_size=14))
+            hashes.append(source ^ sum(1 << bit for bit in bits))
+    return draw(st.permutations(hashes))
+
+
+def brute_force_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
+    return [
+        (i, j)
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
+        if (hashes[i] ^ hashes[j]).bit_count() <= max_distance
+    ]
+
+
+def _as_list(pairs: np.ndarray) -> list[tuple[int, int]]:
+    assert pairs.ndim == 2
+    assert pairs.shape[1] == 2
+    assert np.issubdtype(pairs.dtype, np.integer)
+    return [(int(i), int(j)) for i, j in pairs]
+
+
+@settings(max_examples=150, deadline=None)
+@given(planted_hashes(), st.integers(0, 12))
+def test_near_duplicate_pairs_are_exactly_the_brute_force_pairs(
+    hashes: list[int], max_distance: int
+) -> None:
+    pairs = _as_list(near_duplicate_pairs(np.array(hashes, dtype=np.uint64), max_distance))
+    assert pairs == brute_force_pairs(hashes, max_distance)  # sorted, unique, i < j
+
+
+@settings(max_examples=40, deadline=None)
+@given(planted_hashes(), st.integers(0, 12), st.integers(1, 4))
+def test_near_duplicate_pairs_do_not_depend_on_the_query_chunk(
+    hashes: list[int], max_distance: int, chunk: int
+) -> None:
+    # Queries are processed in chunks to bound memory; pairs across chunks must not be lost.
+    with patch.object(dedup, "_CHUNK", chunk):
+        pairs = _as_list(near_duplicate_pairs(np.array(hashes, dtype=np.uint64), max_distance))
+    assert pairs == brute_force_pairs(hashes, max_distance)
+
+
+def test_near_duplicate_pairs_hand_worked() -> None:
+    a = 0x0123_4567_89AB_CDEF
+    hashes = [a, a ^ 0b1, a ^ (1 << 63) ^ (1 << 40), 0xFFFF_FFFF_FFFF_FFFF, a]
+    found = near_duplicate_pairs(np.array(hashes, dtype=np.uint64), 2)
+    assert _as_list(found) == [(0, 1), (0, 2), (0, 4), (1, 4), (2, 4)]
+    assert _as_list(near_duplicate_pairs(np.array(hashes, dtype=np.uint64), 0)) == [(0, 4)]
+    assert _as_list(near_duplicate_pairs(np.array([], dtype=np.uint64), 4)) == []
+    assert _as_list(near_duplicate_pairs(np.array([a], dtype=np.uint64), 4)) == []
+
+
+def test_near_duplicate_pairs_find_planted_copies_among_many() -> None:
+    # Enough hashes that each block table has collisions and several query chunks are needed.
+    rng = np.random.default_rng(0)
+    n, copies, max_distance = 40_000, 400, 8
+    hashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    planted = set()
+    for index in range(copies):
+        flipped = rng.choice(64, size=int(rng.integers(0, max_distance + 1)), replace=False)
+        mask = sum(1 << int(bit) for bit in flipped)
+        hashes[n - copies + index] = int(hashes[index]) ^ mask
+        planted.add((index, n - copies + index))
+    found = set(_as_list(near_duplicate_pairs(hashes, max_distance)))
+    assert planted <= found
+    for i, j in found:  # nothing beyond the distance
+        assert int(np.bitwise_count(hashes[i] ^ hashes[j])) <= max_distance
+
+
+# --- group_near_duplicates -------------------------------------------------------------------
+
+
+def brute_force_components(hashes: list[int | None], max_distance: int) -> list[int | None]:
+    """Smallest row index of each row's connected component; None for rows with no hash."""
+    present = [i for i, h in enumerate(hashes) if h is not None]
+    root = {i: i for i in present}
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    for a in present:
+        for b in present:
+            if a < b and (hashes[a] ^ hashes[b]).bit_count() <= max_distance:
+                ra, rb = find(a), find(b)
+                root[max(ra, rb)] = min(ra, rb)
+    return [find(i) if i in root else None for i in range(len(hashes))]
+
+
+@st.composite
+def hashes_with_gaps(draw: st.DrawFn) -> list[int | None]:
+    hashes: list[int | None] = list(draw(planted_hashes()))
+    for _ in range(draw(st.integers(0, 5))):
+        hashes.insert(draw(st.integers(0, len(hashes))), None)
+    return hashes
+
+
+@settings(max_examples=150, deadline=None)
+@given(hashes_with_gaps(), st.integers(0, 12))
+def test_near_groups_are_the_connected_components(
+    hashes: list[int | None], max_distance: int
+) -> None:
+    ids = group_near_duplicates(hashes, max_distance)
+    component = brute_force_components(hashes, max_distance)
+    assert len(ids) == len(hashes)
+    size = Counter(c for c in component if c is not None)
+    for i in range(len(hashes)):
+        # None hashes are never grouped; a row alone in its component is not a group either.
+        assert (ids[i] is None) == (component[i] is None or size[component[i]] == 1)
+        for j in range(len(hashes)):
+            if ids[i] is not None and ids[j] is not None:
+                assert (ids[i] == ids[j]) == (component[i] == component[j])
+    numbered = [i for i in ids if i is not None]
+    assert list(dict.fromkeys(numbered)) == list(range(len(set(numbered))))
+
+
+def test_chains_join_rows_further_apart_than_the_distance() -> None:
+    a = 0b0
+    b = 0b11  # 2 bits from a
+    c = 0b1111  # 2 bits from b, 4 from a
+    far = 0xFFFF_0000_0000_0000
+    hashes: list[int | None] = [far, c, None, a, 2**64 - 1 - far, b, None]
+    assert group_near_duplicates(hashes, 2) == [None, 0, None, 0, None, 0, None]
+    # At distance 1 nothing is connected.
+    assert group_near_duplicates(hashes, 1) == [None] * len(hashes)
+
+
+def test_near_groups_are_numbered_by_first_appearance() -> None:
+    x, y = 0xAAAA_AAAA_AAAA_AAAA, 0x5555_5555_5555_5555
+    hashes: list[int | None] = [y ^ 1, x, x ^ 2, y, None, x]
+    assert group_near_duplicates(hashes, 1) == [0, 1, 1, 0, None, 1]
+
+
+def test_near_groups_of_nothing() -> None:
+    assert group_near_duplicates([], 4) == []
+    assert group_near_duplicates([None, None], 4) == [None, None]
+    assert group_near_duplicates([7], 4) == [None]
+
+
+# --- mark_duplicates / mark_conflicts --------------------------------------------------------
+
+
+def _issue(path: str, exact: int | None = None, near: int | None = None, label: str = "good"):
+    labels = [] if label == "good" else sorted(label.split(";"))
+    return {
+        "path": path,
+        "label": label,
+        "labels": labels,
+        "exact_duplicate_group": exact,
+        "near_duplicate_group": near,
+    }
+
+
+def test_mark_duplicates_keeps_the_first_sorted_path_of_each_group() -> None:
+    issues = [
+        _issue("b/2.png", exact=0),
+        _issue("a/9.png", exact=1),
+        _issue("b/10.png", exact=0),  # "b/10" sorts before "b/2": kept, though listed later
+        _issue("c.png"),
+        _issue("a/1.png", exact=1),
+        _issue("b/3.png", exact=0),
+    ]
+    mark_duplicates(issues, "exact_duplicate_group", "exact_duplicate")
+    flagged = {issue["path"]: issue["is_exact_duplicate_issue"] for issue in issues}
+    assert flagged == {
+        "b/2.png": True,
+        "a/9.png": True,
+        "b/10.png": False,
+        "c.png": False,
+        "a/1.png": False,
+        "b/3.png": True,
+    }
+
+
+def test_mark_duplicates_reads_only_its_own_column() -> None:
+    issues = [_issue("z.png", exact=0, near=0), _issue("a.png", exact=0), _issue("m.png", near=0)]
+    mark_duplicates(issues, "near_duplicate_group", "near_duplicate")
+    assert [issue["is_near_duplicate_issue"] for issue in issues] == [True, False, False]
+    assert all("is_exact_duplicate_issue" not in issue for issue in issues)
+
+
+def _conflicts(issues: list[dict[str, Any]]) -> list[bool]:
+    mark_conflicts(issues)
+    return [issue["is_conflicting_label_issue"] for issue in issues]
+
+
+def test_same_labels_in_a_group_are_no_conflict() -> None:
+    issues = [_issue("a", exact=0, label="hole"), _issue("b", exact=0, label="hole")]
+    issues += [_issue("c", near=0, label="good"), _issue("d", near=0, label="good")]
+    assert _conflicts(issues) == [False] * 4
+
+
+def test_different_labels_in_an_exact_group_flag_every_member() -> None:
+    issues = [
+        _issue("a", exact=0, label="hole"),
+        _issue("b", exact=0, label="hole"),
+        _issue("c", exact=0, label="crack"),
+        _issue("d", exact=1, label="crack"),
+        _issue("e", exact=1, label="crack"),
+        _issue("f", label="stain"),
+    ]
+    assert _conflicts(issues) == [True, True, True, False, False, False]
+
+
+def test_different_labels_in_a_near_group_flag_every_member() -> None:
+    issues = [
+        _issue("a", exact=0, near=0, label="hole"),
+        _issue("b", exact=0, near=0, label="hole"),  # agrees with its exact copy ...
+        _issue("c", near=0, label="good"),  # ... but the near group disagrees
+        _issue("d", near=1, label="good"),
+        _issue("e", near=1, label="good"),
+    ]
+    assert _conflicts(issues) == [True, True, True, False, False]
+
+
+def test_exact_and_near_groups_with_the_same_id_are_different_groups() -> None:
+    issues = [
+        _issue("a", exact=0, label="hole"),
+        _issue("b", exact=0, label="hole"),
+        _issue("c", near=0, label="crack"),
+        _issue("d", near=0, label="crack"),
+    ]
+    assert _conflicts(issues) == [False] * 4
+
+
+def test_multilabel_conflict_is_a_different_label_set() -> None:
+    issues = [_issue("a", exact=0, label="hole;scratch"), _issue("b", exact=0, label="hole")]
+    issues += [_issue("c", near=0, label="scratch;hole"), _issue("d", near=0, label="hole;scratch")]
+    for issue in issues:
+        issue["label"] = None  # multilabel rows carry only `labels`
+    assert _conflicts(issues) == [True, True, False, False]

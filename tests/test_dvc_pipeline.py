@@ -22,6 +22,7 @@ PROJECT_FILES = [
     ".gitignore",
     ".dvc/config",
     ".dvc/.gitignore",
+    "data/overrides.csv",
     "pipeline",
     "stages",
 ]
@@ -86,6 +87,19 @@ def test_second_repro_changes_nothing(project: Path) -> None:
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change" in out
     assert "Running stage" not in out
+
+
+def test_the_review_queue_is_a_tracked_dependency(project: Path) -> None:
+    queue = (project / "reports/review_queue.csv").read_text().splitlines()
+    overrides = project / "data/overrides.csv"
+    original = overrides.read_text()
+    overrides.write_text(queue[0] + "\n" + queue[1].rstrip(",") + ",keep\n")
+    try:
+        status = json.loads(sh(project, "dvc", "status", "--json").stdout)
+        changed = [entry for entry in status["clean"] if "changed deps" in entry]
+        assert changed and "data/overrides.csv" in changed[0]["changed deps"]
+    finally:
+        overrides.write_text(original)
 
 
 def test_experiment_with_a_param_change(project: Path) -> None:

@@ -60,6 +60,7 @@ def _prepare(tmp_path: Path, task: str) -> tuple[Path, Path]:
     assert ingest.main(["--params", str(params), "--out", str(ingested)]) == 0
     argv = ["--params", str(params), "--root", str(root), "--manifest", str(ingested)]
     argv += ["--out", str(cleaned), "--issues", str(tmp_path / "issues.parquet")]
+    argv += ["--review", str(tmp_path / "review.html"), "--queue", str(tmp_path / "queue.csv")]
     assert clean.main([*argv, "--metrics", str(tmp_path / "clean.json")]) == 0
     return params, cleaned
 

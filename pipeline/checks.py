@@ -1,0 +1,201 @@
+"""Per-image features for the clean stage, computed from one decode of each image.
+
+`image_features` is a pure function of the file (and settings): it decodes the image once and
+returns small numbers (hashes, sharpness, brightness, size), never pixels, so the stage can run
+it in worker processes and stream over any number of images with flat memory.
+Scores derived from the features lie in [0, 1]; an image is an issue when its score passes the
+threshold set in params.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cv2
+import imagehash
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.embeddings import embed_batch
+from pipeline.io import open_image, pixel_sha256
+from pipeline.params import CleanParams
+from pipeline.paths import resolve_inside
+
+_CHUNK = 16  # images per worker task (and per embedding batch)
+
+HASHES: dict[str, Callable[[Image.Image], imagehash.ImageHash]] = {
+    "phash": imagehash.phash,
+    "dhash": imagehash.dhash,
+    "whash": imagehash.whash,
+    "ahash": imagehash.average_hash,
+}
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the checks need to know about one image."""
+
+    pixel_sha256: str
+    perceptual_hash: int  # 64-bit hash of the chosen kind, as an unsigned integer
+    sharpness: float  # variance of the Laplacian of the grey image at working size
+    bright_p05: float  # 5th percentile of grey level, in [0, 1]
+    bright_p95: float  # 95th percentile of grey level, in [0, 1]
+    embedding: np.ndarray | None = None  # float32 (D,) for label issues, when asked for
+
+
+def grey_u8(image: Image.Image) -> np.ndarray:
+    """8-bit grey pixels (H, W) for any mode, 16-bit and float images scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return (np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8)
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        # NaN / inf pixels (no-data in float images) must not poison the range of the rest.
+        finite = np.isfinite(values)
+        low, high = (
+            (float(values[finite].min()), float(values[finite].max()))
+            if finite.any()
+            else (0.0, 0.0)
+        )
+        scale = 255.0 / (high - low) if high > low else 0.0
+        return (np.where(finite, values - low, 0.0) * scale).round().astype(np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def _working(grey: np.ndarray, working_size: int) -> np.ndarray:
+    """Shrink so the longest side is at most `working_size` (0 keeps native resolution)."""
+    longest = max(grey.shape)
+    if working_size == 0 or longest <= working_size:
+        return grey
+    scale = working_size / longest
+    size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+
+
+def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size: int) -> Features:
+    small = _working(grey, working_size)
+    laplacian = cv2.Laplacian(small.astype(np.float32), cv2.CV_32F)
+    low, high = np.percentile(small, [5, 95]) / 255.0
+    return Features(
+        pixel_sha256=pixel_sha256(image),
+        perceptual_hash=int(str(HASHES[hash_name](Image.fromarray(grey))), 16),
+        sharpness=float(laplacian.var()),
+        bright_p05=float(low),
+        bright_p95=float(high),
+    )
+
+
+def image_features(path: Path, max_pixels: int, hash_name: str, working_size: int) -> Features:
+    """Decode once; hash the pixels, perceptual-hash, and measure sharpness and brightness."""
+    image = open_image(path, max_pixels)
+    return _measure(image, grey_u8(image), hash_name, working_size)
+
+
+def blur_score(sharpness: float, absolute: float, class_median: float, relative: float) -> float:
+    """In [0, 1]; above 0.5 exactly when sharpness is under the absolute threshold or under
+    `relative` x the median sharpness of the image's class (textures differ by product)."""
+    limit = max(absolute, relative * class_median)
+    if limit <= 0:
+        return 0.0
+    score = 1.0 / (1.0 + sharpness / limit)
+    # Rounding puts a sharpness just under the limit on exactly 0.5; keep the decision exact.
+    return max(score, math.nextafter(0.5, 1.0)) if sharpness < limit else score
+
+
+def dark_score(bright_p95: float) -> float:
+    """In [0, 1]: 1 when even the brightest 5% of pixels are black."""
+    return 1.0 - bright_p95
+
+
+def light_score(bright_p05: float) -> float:
+    """In [0, 1]: 1 when even the darkest 5% of pixels are white."""
+    return bright_p05
+
+
+def odd_size_score(width: int, height: int, min_side: int) -> float:
+    """In [0, 1]: the larger of how elongated the image is (1 - short/long side) and how far
+    its short side falls below `min_side`."""
+    short, long = min(width, height), max(width, height)
+    return max(1.0 - short / long, max(0.0, 1.0 - short / min_side))
+
+
+def _features_of_chunk(
+    jobs: list[tuple[Path, int]], params: CleanParams, embedding: str | None
+) -> list[Features]:
+    """Features of a chunk of images, each decoded once; embeddings computed as one batch."""
+    images = [open_image(path, max_pixels) for path, max_pixels in jobs]
+    greys = [grey_u8(image) for image in images]
+    found = [
+        _measure(i, g, params.hash, params.working_size) for i, g in zip(images, greys, strict=True)
+    ]
+    if embedding is None:
+        return found
+    vectors = embed_batch(images, greys, embedding, params.label_issues.embedding_size)
+    return [replace(f, embedding=v) for f, v in zip(found, vectors, strict=True)]
+
+
+def _one_thread_per_worker() -> None:
+    torch.set_num_threads(1)  # workers share the cores; torch would oversubscribe them
+
+
+def compute_features(
+    root: Path, rows: Sequence[dict[str, Any]], params: CleanParams, embedding: str | None = None
+) -> list[Features | None]:
+    """Features of every readable row (None for unreadable ones), in row order.
+
+    Chunks of images are decoded in `params.workers` processes; only small records (and
+    embeddings when `embedding` names a kind) come back, never pixels.
+    """
+    readable = [index for index, row in enumerate(rows) if not row["is_unreadable_issue"]]
+    jobs = [
+        (resolve_inside(root, rows[i]["path"]), rows[i]["width"] * rows[i]["height"])
+        for i in readable
+    ]
+    chunks = [jobs[start : start + _CHUNK] for start in range(0, len(jobs), _CHUNK)]
+    work = partial(_features_of_chunk, params=params, embedding=embedding)
+    if params.workers == 1:
+        found = [features for chunk in chunks for features in work(chunk)]
+    else:
+        with ProcessPoolExecutor(params.workers, initializer=_one_thread_per_worker) as pool:
+            found = [features for result in pool.map(work, chunks) for features in result]
+    features: list[Features | None] = [None] * len(rows)
+    for index, value in zip(readable, found, strict=True):
+        features[index] = value
+    return features
+
+
+def score_checks(
+    issue: dict[str, Any], feature: Features | None, class_median: float, params: CleanParams
+) -> None:
+    """Set `<check>_score` and `is_<check>_issue` of the per-image checks on `issue` (scores
+    are null where a check is off, or the image is unreadable)."""
+    thresholds = {
+        "blur": 0.5,
+        "dark": params.dark_threshold,
+        "light": params.light_threshold,
+        "odd_size": params.odd_size_threshold,
+    }
+    scores: dict[str, float | None] = dict.fromkeys(thresholds)
+    if feature is not None:
+        scores["blur"] = blur_score(
+            feature.sharpness, params.blur_absolute, class_median, params.blur_relative
+        )
+        scores["dark"] = dark_score(feature.bright_p95)
+        scores["light"] = light_score(feature.bright_p05)
+        scores["odd_size"] = odd_size_score(
+            issue["width"], issue["height"], params.odd_size_min_side
+        )
+    for check, threshold in thresholds.items():
+        value = scores[check] if getattr(params.actions, check) != "off" else None
+        issue[f"{check}_score"] = value
+        # blur: strictly above 0.5 means strictly below a threshold; others: at or above
+        passed = value is not None and (
+            value > threshold if check == "blur" else value >= threshold
+        )
+        issue[f"is_{check}_issue"] = passed
