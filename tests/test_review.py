@@ -65,6 +65,14 @@ def test_queue_lists_flagged_images_with_an_empty_decision(cleaned: Path) -> Non
     assert all(r["decision"] == "" for r in rows)
 
 
+def write_decisions(work: Path, rows: list[dict[str, str]]) -> None:
+    """Write the edited queue where the test's params point clean.overrides."""
+    with (work / "data/overrides.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def rerun_clean(work: Path) -> int:
     return clean.main([
         "--params", str(work / "params.yaml"), "--root", str(work / "raw"),
@@ -85,10 +93,7 @@ def test_decisions_win_over_the_automatic_action(cleaned: Path, tmp_path: Path) 
     new_class = next(c for c in synth.CLASSES if c != to_relabel["label"])
     removed_copy["decision"], to_drop["decision"] = "keep", "drop"
     to_relabel["decision"] = f"relabel:{new_class}"
-    with (work / "data/overrides.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_decisions(work, rows)
     write_params(
         work / "params.yaml",
         ingest={"root": str(work / "raw")},
@@ -120,10 +125,7 @@ def test_bad_decisions_are_one_error_listing_every_row(
     rows[0]["decision"] = "maybe"
     rows[1]["decision"] = "relabel:rust"
     rows[2]["path"], rows[2]["decision"] = "images/nowhere.png", "keep"
-    with (work / "data/overrides.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_decisions(work, rows)
     write_params(
         work / "params.yaml",
         ingest={"root": str(work / "raw")},
