@@ -14,11 +14,14 @@ import csv
 import html
 import io
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from pipeline.errors import ApexLoopError
-from pipeline.io import open_image
 from pipeline.manifest import CHECKS, SCORED_CHECKS, TaskInfo
 from pipeline.paths import resolve_inside, write_text_atomic
 
@@ -41,15 +44,20 @@ def _found(issue: dict[str, Any]) -> list[str]:
     return [check for check in CHECKS if issue[f"is_{check}_issue"]]
 
 
-def _thumbnail(root: Path, issue: dict[str, Any]) -> str:
-    """A data: URI of a small JPEG of the image, or '' when it cannot be decoded."""
-    if issue["is_unreadable_issue"]:
+def _thumbnail(root: Path, path: str, readable: bool) -> str:
+    """A data: URI of a small JPEG of the image, or '' when it is unreadable.
+
+    JPEGs are decoded at reduced scale (Pillow's draft mode): the page needs 160 px, not the
+    full image, and this is the review page's main cost.
+    """
+    if not readable:
         return ""
-    image = open_image(resolve_inside(root, issue["path"]), issue["width"] * issue["height"])
-    image = image.convert("RGB")
-    image.thumbnail((_THUMB, _THUMB))
+    with Image.open(resolve_inside(root, path)) as image:
+        image.draft("RGB", (_THUMB, _THUMB))
+        small = image.convert("RGB")
+    small.thumbnail((_THUMB, _THUMB))
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
+    small.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -98,8 +106,19 @@ def _section(
     return "\n".join(parts)
 
 
+def _thumbnails(root: Path, issues: Sequence[dict[str, Any]], workers: int) -> dict[str, str]:
+    """Thumbnails by path, made in `workers` processes."""
+    paths = [issue["path"] for issue in issues]
+    readable = [not issue["is_unreadable_issue"] for issue in issues]
+    make = partial(_thumbnail, root)
+    if workers == 1:
+        return dict(zip(paths, map(make, paths, readable), strict=True))
+    with ProcessPoolExecutor(workers) as pool:
+        return dict(zip(paths, pool.map(make, paths, readable, chunksize=32), strict=True))
+
+
 def write_review_page(
-    path: Path, root: Path, issues: Sequence[dict[str, Any]], info: TaskInfo
+    path: Path, root: Path, issues: Sequence[dict[str, Any]], info: TaskInfo, workers: int
 ) -> None:
     """The self-contained HTML review page of every image with a found issue."""
     flagged = [issue for issue in issues if _found(issue)]
@@ -108,7 +127,7 @@ def write_review_page(
     for column in ("exact_duplicate_group", "near_duplicate_group"):
         groups = {issue[column] for issue in flagged if issue[column] is not None}
         shown |= {issue["path"] for issue in issues if issue[column] in groups}
-    thumbs = {issue["path"]: _thumbnail(root, issue) for issue in issues if issue["path"] in shown}
+    thumbs = _thumbnails(root, [issue for issue in issues if issue["path"] in shown], workers)
     sections = []
     for check in CHECKS:
         members = [issue for issue in issues if issue[f"is_{check}_issue"]]

@@ -226,7 +226,7 @@ def run(
     write_manifest(issues_out, issues, "issues", info)
     write_manifest(out, kept, "images", info)
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
-    write_review_page(review, root, issues, info)
+    write_review_page(review, root, issues, info, params.workers)
     write_review_queue(queue, issues)
     log.info(
         "kept %d of %d images (%d flagged); issues %s",
