@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from scratch import run_clean
 
 from pipeline import synth
 from pipeline.manifest import read_manifest
-from pipeline.params import CleanParams, IngestParams
-from stages import clean, ingest
+from pipeline.params import IngestParams
+from stages import ingest
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_OF_FAULT = {
@@ -45,21 +46,8 @@ def run(
     synth.generate(work / "raw", count=count, seed=seed, multilabel=False)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     ingest_params = IngestParams.model_validate({**params["ingest"], "root": str(work / "raw")})
-    (work / "overrides.csv").write_text("path,decision\n")
-    clean_params = CleanParams.model_validate(
-        {**params["clean"], "overrides": str(work / "overrides.csv")}
-    )
     ingest.run(ingest_params, work / "ingest.parquet")
-    summary = clean.run(
-        clean_params,
-        work / "raw",
-        work / "ingest.parquet",
-        work / "clean.parquet",
-        work / "issues.parquet",
-        work / "clean.json",
-        work / "review.html",
-        work / "queue.csv",
-    )
+    summary = run_clean(params["clean"], work / "raw", work)
     print(f"label-issue embedding: {summary['label_issues']['embedding']}")
     issues, _ = read_manifest(work / "issues.parquet", "issues")
     with (work / "raw/truth.csv").open(newline="") as handle:

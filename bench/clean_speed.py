@@ -16,11 +16,12 @@ from pathlib import Path
 
 import yaml
 from cleanvision import Imagelab
+from scratch import run_clean
 
 from pipeline import synth
 from pipeline.manifest import read_manifest
-from pipeline.params import CleanParams, IngestParams
-from stages import clean, ingest
+from pipeline.params import IngestParams
+from stages import ingest
 
 REPO = Path(__file__).resolve().parents[1]
 MAGNETIC = {
@@ -36,20 +37,9 @@ MAGNETIC = {
 
 def time_clean(root: Path, work: Path, label: str) -> float:
     params = yaml.safe_load((REPO / "params.yaml").read_text())["clean"]
-    (work / "overrides.csv").write_text("path,decision\n")
     params["actions"]["label"] = label
-    params["overrides"] = str(work / "overrides.csv")
     started = time.perf_counter()
-    clean.run(
-        CleanParams.model_validate(params),
-        root,
-        work / "ingest.parquet",
-        work / "clean.parquet",
-        work / "issues.parquet",
-        work / "clean.json",
-        work / "review.html",
-        work / "queue.csv",
-    )
+    run_clean(params, root, work)
     return time.perf_counter() - started
 
 

@@ -249,19 +249,23 @@ def test_crafted_set_is_what_the_docstring_says(dataset: tuple[Path, Path]) -> N
     assert {Path(r["path"]).name for r in rows if r["is_unreadable_issue"]} == UNREADABLE
 
 
+# What the default settings find in the crafted set, whatever the actions.
+CRAFTED_FINDINGS = {
+    "unreadable": 2,
+    "exact_duplicate": 3,
+    "near_duplicate": 5,
+    "conflicting_label": 4,
+    "blur": 1,
+    "dark": 1,
+    "light": 1,
+    "odd_size": 1,
+}
+
+
 def test_default_actions_exact_counts(tmp_path: Path, dataset: tuple[Path, Path]) -> None:
     metrics, rows, cleaned = _run_clean(tmp_path, dataset)
 
-    assert metrics["issues"] == _issues(
-        unreadable=2,
-        exact_duplicate=3,
-        near_duplicate=5,
-        conflicting_label=4,
-        blur=1,
-        dark=1,
-        light=1,
-        odd_size=1,
-    )
+    assert metrics["issues"] == _issues(**CRAFTED_FINDINGS)
     assert (metrics["images_in"], metrics["images_out"]) == (19, 11)
     assert (metrics["removed"], metrics["flagged"], metrics["relabelled"]) == (8, 5, 0)
     assert metrics["per_class"] == {
@@ -479,16 +483,7 @@ def test_remove_actions_remove(tmp_path: Path, dataset: tuple[Path, Path]) -> No
     assert (metrics["removed"], metrics["flagged"], metrics["images_out"]) == (13, 0, 6)
     assert {Path(row["path"]).name for row in cleaned} == set(LABELS) - removed
     # The counts of findings do not depend on the action.
-    assert metrics["issues"] == _issues(
-        unreadable=2,
-        exact_duplicate=3,
-        near_duplicate=5,
-        conflicting_label=4,
-        blur=1,
-        dark=1,
-        light=1,
-        odd_size=1,
-    )
+    assert metrics["issues"] == _issues(**CRAFTED_FINDINGS)
 
 
 def test_checks_that_are_off_leave_null_scores_and_never_flag(
