@@ -11,6 +11,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline.manifest import GROUP_COLUMNS
+
 _CHUNK = 16384  # queries per vectorised step: bounds memory
 
 
@@ -114,8 +116,9 @@ def group_near_duplicates(hashes: Sequence[int | None], max_distance: int) -> li
     return group_exact_duplicates(keys)
 
 
-def mark_duplicates(issues: list[dict[str, Any]], column: str, check: str) -> None:
-    """Flag every member of each group in `column` except the first path in sorted order."""
+def mark_duplicates(issues: list[dict[str, Any]], check: str) -> None:
+    """Flag every member of each of `check`'s groups except the first path in sorted order."""
+    column = GROUP_COLUMNS[check]
     first: dict[int, str] = {}
     for issue in issues:
         if issue[column] is not None:
@@ -129,7 +132,7 @@ def mark_conflicts(issues: list[dict[str, Any]]) -> None:
     """Flag all members of any exact or near duplicate group whose labels differ."""
     labels: dict[tuple[str, int], set[tuple[Any, ...]]] = {}
     for issue in issues:
-        for column in ("exact_duplicate_group", "near_duplicate_group"):
+        for column in GROUP_COLUMNS.values():
             if issue[column] is not None:
                 key = (column, issue[column])
                 labels.setdefault(key, set()).add((issue["label"], tuple(issue["labels"])))
@@ -137,5 +140,5 @@ def mark_conflicts(issues: list[dict[str, Any]]) -> None:
     for issue in issues:
         issue["is_conflicting_label_issue"] = any(
             (column, issue[column]) in conflicting
-            for column in ("exact_duplicate_group", "near_duplicate_group")
+            for column in GROUP_COLUMNS.values()
         )

@@ -1,7 +1,9 @@
 """Image embeddings for label-issue detection, computed from images already decoded for the checks.
 
 `mobilenet_v2`: the 1,280-d globally pooled features of torchvision's ImageNet MobileNetV2,
-loaded offline from the torch hub cache (TORCH_HOME). `thumbnail`: the documented fallback when
+loaded offline from the torch hub cache (TORCH_HOME), scaled to unit length (cosine geometry:
+on the synthetic set's planted label flips this lifts Cleanlab's precision by ~0.04 at equal
+recall, bench/clean_fidelity.py). `thumbnail`: the documented fallback when
 those weights are absent, a 16x16 grey thumbnail (256 values) plus a 32-bin grey histogram,
 which separates gross label errors (a blank part labelled as a defect) but not subtle ones.
 `auto` takes MobileNetV2 when its weights are cached, else the thumbnail.
@@ -62,4 +64,5 @@ def embed_batch(
         return np.stack([_thumbnail(grey) for grey in greys])
     batch = torch.stack([_network_input(image, size) for image in images])  # (B, 3, S, S)
     with torch.no_grad():
-        return _backbone()(batch).numpy().astype(np.float32)
+        vectors = _backbone()(batch)  # (B, 1280)
+    return nn.functional.normalize(vectors, dim=1).numpy().astype(np.float32)

@@ -1,5 +1,9 @@
 """Image decoding: one read of the file bytes gives its sha256 and its fully decoded pixels.
 
+Pixels come upright as a viewer shows them: an EXIF orientation tag (cameras and phones write
+one instead of rotating the pixels) is applied at decode, so sizes, hashes, checks, boxes and
+training all see the image the inspector sees (an EXIF-rotated copy is an exact duplicate).
+
 A file that cannot be decoded is not an exception for the pipeline but a finding: `inspect_image`
 returns the reason so the manifest can record it.
 """
@@ -13,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import ApexLoopError
 
 # Errors Pillow raises for files that are not (complete, sane) images.
+_ORIENTATION = 0x0112  # EXIF tag; 1 = upright
+
 _DECODE_ERRORS = (
     UnidentifiedImageError,
     Image.DecompressionBombError,
@@ -59,6 +65,10 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
                     f"{max_pixels} (possible decompression bomb)"
                 )
             image.load()
+            if image.getexif().get(_ORIENTATION, 1) != 1:
+                upright = ImageOps.exif_transpose(image)
+                upright.format = image.format
+                image = upright
     except ImageReadError:
         raise
     except Image.DecompressionBombWarning as exc:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import ApexLoopError
 from pipeline.paths import atomic_output
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _META_KEY = b"apexloop"
 
 BOX_TYPE = pa.struct(
@@ -63,13 +63,15 @@ CHECKS = (
     "label",
 )
 SCORED_CHECKS = ("blur", "dark", "light", "odd_size")
+# the issues-manifest column holding each duplicate check's group id
+GROUP_COLUMNS = {"exact_duplicate": "exact_dup_group", "near_duplicate": "near_dup_group"}
 
 ISSUE_FIELDS = [
     pa.field("pixel_sha256", pa.string()),
     pa.field("perceptual_hash", pa.uint64()),
     pa.field("sharpness", pa.float64()),
-    pa.field("exact_duplicate_group", pa.int32()),
-    pa.field("near_duplicate_group", pa.int32()),
+    pa.field("exact_dup_group", pa.int32()),
+    pa.field("near_dup_group", pa.int32()),
     *[pa.field(f"{check}_score", pa.float64()) for check in SCORED_CHECKS],
     pa.field("label_quality", pa.float64()),  # Cleanlab's score of the given label(s)
     pa.field("suggested_label", pa.string()),  # multilabel: labels joined by ';' ('' = good)

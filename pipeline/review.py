@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.errors import ApexLoopError
-from pipeline.manifest import CHECKS, SCORED_CHECKS, TaskInfo
+from pipeline.manifest import CHECKS, GROUP_COLUMNS, SCORED_CHECKS, TaskInfo
 from pipeline.paths import resolve_inside, write_text_atomic
 
 QUEUE_COLUMNS = ["path", "label", "issues", "action", "suggested_label", "decision"]
@@ -89,11 +89,11 @@ def _section(
 ) -> str:
     """One issue type: duplicate groups side by side, other checks grouped by class."""
     parts = [f'<h2 id="{check}">{check} ({len(members)})</h2>']
-    column = {"exact_duplicate": "exact_duplicate_group", "near_duplicate": "near_duplicate_group"}
-    if check in column:
-        groups = sorted({issue[column[check]] for issue in members})
+    if check in GROUP_COLUMNS:
+        column = GROUP_COLUMNS[check]
+        groups = sorted({issue[column] for issue in members})
         for group in groups:
-            cards = "".join(_card(i, thumbs) for i in members if i[column[check]] == group)
+            cards = "".join(_card(i, thumbs) for i in members if i[column] == group)
             parts.append(f'<div class="group">{cards}</div>')
         return "\n".join(parts)
     for name in info.classes:
@@ -124,15 +124,15 @@ def write_review_page(
     flagged = [issue for issue in issues if _found(issue)]
     shown = {issue["path"] for issue in flagged}
     # duplicates are shown with the kept member of their group, for comparison
-    for column in ("exact_duplicate_group", "near_duplicate_group"):
+    for column in GROUP_COLUMNS.values():
         groups = {issue[column] for issue in flagged if issue[column] is not None}
         shown |= {issue["path"] for issue in issues if issue[column] in groups}
     thumbs = _thumbnails(root, [issue for issue in issues if issue["path"] in shown], workers)
     sections = []
     for check in CHECKS:
         members = [issue for issue in issues if issue[f"is_{check}_issue"]]
-        if check in ("exact_duplicate", "near_duplicate"):
-            column = f"{check}_group"
+        if check in GROUP_COLUMNS:
+            column = GROUP_COLUMNS[check]
             groups = {issue[column] for issue in members}
             members = [
                 issue for issue in issues if issue[column] in groups and issue[column] is not None

@@ -134,13 +134,13 @@ def find_issues(
             "pixel_sha256": digest,
             "perceptual_hash": perceptual,
             "sharpness": feature.sharpness if feature else None,
-            "exact_duplicate_group": exact,
-            "near_duplicate_group": close,
+            "exact_dup_group": exact,
+            "near_dup_group": close,
         }
         score_checks(issue, feature, medians.get(info.row_classes(row)[0], 0.0), params)
         issues.append(issue)
-    mark_duplicates(issues, "exact_duplicate_group", "exact_duplicate")
-    mark_duplicates(issues, "near_duplicate_group", "near_duplicate")
+    mark_duplicates(issues, "exact_duplicate")
+    mark_duplicates(issues, "near_duplicate")
     mark_conflicts(issues)
     step = _label_step(issues, features, kind, info, params)
     for issue in issues:

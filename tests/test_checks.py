@@ -203,6 +203,21 @@ def test_resaved_png_has_the_same_pixel_and_perceptual_hash(tmp_path: Path) -> N
         assert a == b
 
 
+def test_exif_rotated_copy_has_the_features_of_the_upright_image(tmp_path: Path) -> None:
+    upright = texture(5, (48, 32))
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn the stored pixels 90 degrees clockwise
+    stored = Image.open(tmp_path / "upright.jpg").transpose(Image.Transpose.ROTATE_90)
+    stored.save(tmp_path / "turned.png", exif=exif)
+    for hash_name in HASHES:
+        a, b = (
+            image_features(tmp_path / n, MAX_PIXELS, hash_name, 512)
+            for n in ("upright.jpg", "turned.png")
+        )
+        assert a == b
+
+
 def test_different_textures_differ_in_both_hashes(tmp_path: Path) -> None:
     texture(3).save(tmp_path / "a.png")
     texture(4).save(tmp_path / "b.png")

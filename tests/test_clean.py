@@ -361,12 +361,12 @@ def test_duplicates_are_found_by_pixels_and_first_sorted_path_is_kept(
         a, b = rows[first], rows[second]
         assert a["pixel_sha256"] == b["pixel_sha256"] is not None
         assert a["perceptual_hash"] == b["perceptual_hash"] is not None
-        assert a["exact_duplicate_group"] == b["exact_duplicate_group"] is not None
+        assert a["exact_dup_group"] == b["exact_dup_group"] is not None
         assert (a["is_exact_duplicate_issue"], b["is_exact_duplicate_issue"]) == (False, True)
     # The re-saved copy is a different file but the same picture.
     assert rows["r1_resaved.png"]["sha256"] != rows["r2_orig.png"]["sha256"]
     # Groups are numbered in manifest (sorted path) order: b, c, r.
-    exact = {name: row["exact_duplicate_group"] for name, row in rows.items()}
+    exact = {name: row["exact_dup_group"] for name, row in rows.items()}
     assert {name: group for name, group in exact.items() if group is not None} == {
         "b1_copy.png": 0,
         "b2_orig.png": 0,
@@ -380,7 +380,7 @@ def test_duplicates_are_found_by_pixels_and_first_sorted_path_is_kept(
     for name in UNREADABLE:
         row = rows[name]
         assert row["pixel_sha256"] is row["perceptual_hash"] is row["sharpness"] is None
-        assert row["exact_duplicate_group"] is row["near_duplicate_group"] is None
+        assert row["exact_dup_group"] is row["near_dup_group"] is None
         assert not any(row[f"is_{check}_issue"] for check in CHECKS[1:])
 
 
@@ -388,7 +388,7 @@ def test_near_duplicates_are_grouped_and_first_sorted_path_is_kept(
     tmp_path: Path, dataset: tuple[Path, Path]
 ) -> None:
     _, rows, _ = _run_clean(tmp_path, dataset)
-    near = {name: row["near_duplicate_group"] for name, row in rows.items()}
+    near = {name: row["near_dup_group"] for name, row in rows.items()}
     assert {name: group for name, group in near.items() if group is not None} == {
         "b1_copy.png": 0,
         "b2_orig.png": 0,
@@ -406,11 +406,11 @@ def test_near_duplicates_are_grouped_and_first_sorted_path_is_kept(
         a, b = rows[first], rows[second]
         assert a["pixel_sha256"] != b["pixel_sha256"]
         assert (a["perceptual_hash"] ^ b["perceptual_hash"]).bit_count() <= 4
-        assert a["exact_duplicate_group"] is b["exact_duplicate_group"] is None
+        assert a["exact_dup_group"] is b["exact_dup_group"] is None
         assert (a["is_near_duplicate_issue"], b["is_near_duplicate_issue"]) == (False, True)
     # Images near-identical to nothing are in no group, the checked ones included.
     for name in UNIQUE | set(SINGLE.values()):
-        assert rows[name]["near_duplicate_group"] is None, name
+        assert rows[name]["near_dup_group"] is None, name
         assert not rows[name]["is_near_duplicate_issue"]
         assert not rows[name]["is_conflicting_label_issue"]
 
@@ -426,8 +426,8 @@ def test_first_sorted_path_is_kept_whatever_the_manifest_order(
     assert _found(issues, "exact_duplicate") == EXACT_COPIES
     assert _found(issues, "near_duplicate") == NEAR_COPIES
     # Numbering follows the manifest order: the reversed manifest meets "r" first.
-    assert issues["r2_orig.png"]["exact_duplicate_group"] == 0
-    assert issues["r2_orig.png"]["near_duplicate_group"] == 0
+    assert issues["r2_orig.png"]["exact_dup_group"] == 0
+    assert issues["r2_orig.png"]["near_dup_group"] == 0
 
 
 def test_conflicting_labels_in_exact_and_near_groups_are_all_removed(
@@ -492,7 +492,7 @@ def test_checks_that_are_off_leave_null_scores_and_never_flag(
     changes = {"actions": dict.fromkeys(("near_duplicate", *SCORED), "off")}
     metrics, rows, _ = _run_clean(tmp_path, dataset, changes)
     for name, row in rows.items():
-        assert row["near_duplicate_group"] is None, name
+        assert row["near_dup_group"] is None, name
         for check in SCORED:
             assert row[f"{check}_score"] is None, (name, check)
     # Without near groups the JPEG pair k1/k2 no longer conflicts; the exact pair c1/c2 does.

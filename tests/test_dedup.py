@@ -236,8 +236,8 @@ def _issue(path: str, exact: int | None = None, near: int | None = None, label: 
         "path": path,
         "label": label,
         "labels": labels,
-        "exact_duplicate_group": exact,
-        "near_duplicate_group": near,
+        "exact_dup_group": exact,
+        "near_dup_group": near,
     }
 
 
@@ -250,7 +250,7 @@ def test_mark_duplicates_keeps_the_first_sorted_path_of_each_group() -> None:
         _issue("a/1.png", exact=1),
         _issue("b/3.png", exact=0),
     ]
-    mark_duplicates(issues, "exact_duplicate_group", "exact_duplicate")
+    mark_duplicates(issues, "exact_duplicate")
     flagged = {issue["path"]: issue["is_exact_duplicate_issue"] for issue in issues}
     assert flagged == {
         "b/2.png": True,
@@ -264,7 +264,7 @@ def test_mark_duplicates_keeps_the_first_sorted_path_of_each_group() -> None:
 
 def test_mark_duplicates_reads_only_its_own_column() -> None:
     issues = [_issue("z.png", exact=0, near=0), _issue("a.png", exact=0), _issue("m.png", near=0)]
-    mark_duplicates(issues, "near_duplicate_group", "near_duplicate")
+    mark_duplicates(issues, "near_duplicate")
     assert [issue["is_near_duplicate_issue"] for issue in issues] == [True, False, False]
     assert all("is_exact_duplicate_issue" not in issue for issue in issues)
 

@@ -99,6 +99,36 @@ def test_decode_loads_all_pixels(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(image), np.asarray(original))
 
 
+def exif_rotated(upright: Image.Image, fmt: str) -> bytes:
+    """Bytes whose stored pixels are `upright` turned 90 degrees anticlockwise, with EXIF
+    orientation 6 (a viewer turns them 90 degrees clockwise: upright again)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(upright.transpose(Image.Transpose.ROTATE_90), fmt, exif=exif)
+
+
+def test_exif_orientation_is_applied_so_pixels_and_size_are_upright(tmp_path: Path) -> None:
+    upright = random_image(13, 7, seed=5)
+    path = tmp_path / "turned.png"
+    path.write_bytes(exif_rotated(upright, "PNG"))
+    image = decode(path.read_bytes(), MAX_PIXELS)
+    assert np.array_equal(np.asarray(image), np.asarray(upright))
+    facts = inspect_image(path, MAX_PIXELS)
+    assert (facts.width, facts.height, facts.format) == (13, 7, "PNG")
+    # an EXIF-rotated copy is the same picture: an exact duplicate of the upright file
+    assert pixel_sha256(image) == pixel_sha256(decode(encode(upright, "PNG"), MAX_PIXELS))
+
+
+def test_exif_rotated_jpeg_decodes_upright(tmp_path: Path) -> None:
+    upright = Image.new("L", (40, 10), 0)
+    upright.paste(255, (0, 0, 10, 10))  # white square at the left end
+    image = decode(exif_rotated(upright, "JPEG"), MAX_PIXELS)
+    assert image.size == (40, 10)
+    pixels = np.asarray(image, dtype=int)
+    assert pixels[:, :10].mean() > 200 and pixels[:, 20:].mean() < 50
+    assert image.format == "JPEG"
+
+
 def test_open_image_names_the_file_that_fails(tmp_path: Path) -> None:
     path = tmp_path / "gone-bad.jpg"
     path.write_bytes(_truncated_jpeg())
