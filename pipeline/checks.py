@@ -24,11 +24,13 @@ import torch
 from PIL import Image
 
 from pipeline.embeddings import embed_batch
-from pipeline.io import open_image, pixel_sha256
+from pipeline.io import open_image, pixel_sha256, preview_jpeg
 from pipeline.params import CleanParams
 from pipeline.paths import resolve_inside
 
 _CHUNK = 16  # images per worker task (and per embedding batch)
+_PREVIEW_SIDE = 160  # review-page thumbnails
+_HASH_INPUT = 128  # side the image is box-filtered to before the perceptual hash (which uses 32)
 
 HASHES: dict[str, Callable[[Image.Image], imagehash.ImageHash]] = {
     "phash": imagehash.phash,
@@ -78,13 +80,35 @@ def _working(grey: np.ndarray, working_size: int) -> np.ndarray:
     return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
 
+def _percentiles(grey: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """np.percentile(grey, qs) (linear interpolation) of 8-bit pixels from their histogram:
+    one counting pass instead of a partial sort per percentile."""
+    cumulative = np.cumsum(np.bincount(grey.ravel(), minlength=256))  # (256,)
+    found = []
+    for q in qs:
+        rank = (grey.size - 1) * q / 100.0
+        low, high = np.searchsorted(cumulative, [math.floor(rank), math.ceil(rank)], "right")
+        found.append(float(low + (high - low) * (rank - math.floor(rank))))
+    return found
+
+
+def _hash_input(grey: np.ndarray) -> Image.Image:
+    """The grey image box-filtered to at most _HASH_INPUT px a side: imagehash then resamples
+    to its 32 px (phash) or 8-9 px grid from this instead of from full resolution."""
+    height, width = grey.shape
+    if max(height, width) <= _HASH_INPUT:
+        return Image.fromarray(grey)
+    size = (min(width, _HASH_INPUT), min(height, _HASH_INPUT))
+    return Image.fromarray(cv2.resize(grey, size, interpolation=cv2.INTER_AREA))
+
+
 def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size: int) -> Features:
     small = _working(grey, working_size)
     laplacian = cv2.Laplacian(small.astype(np.float32), cv2.CV_32F)
-    low, high = np.percentile(small, [5, 95]) / 255.0
+    low, high = (value / 255.0 for value in _percentiles(small, (5, 95)))
     return Features(
         pixel_sha256=pixel_sha256(image),
-        perceptual_hash=int(str(HASHES[hash_name](Image.fromarray(grey))), 16),
+        perceptual_hash=int(str(HASHES[hash_name](_hash_input(grey))), 16),
         sharpness=float(laplacian.var()),
         bright_p05=float(low),
         bright_p95=float(high),
@@ -126,11 +150,15 @@ def odd_size_score(width: int, height: int, min_side: int) -> float:
 
 
 def _features_of_chunk(
-    jobs: list[tuple[Path, int]], params: CleanParams, embedding: str | None
+    jobs: list[tuple[Path, int, Path | None]], params: CleanParams, embedding: str | None
 ) -> list[Features]:
-    """Features of a chunk of images, each decoded once; embeddings computed as one batch."""
-    images = [open_image(path, max_pixels) for path, max_pixels in jobs]
+    """Features of a chunk of images, each decoded once; embeddings computed as one batch;
+    a preview JPEG written for each job that names a file for it."""
+    images = [open_image(path, max_pixels) for path, max_pixels, _ in jobs]
     greys = [grey_u8(image) for image in images]
+    for (_, _, preview), image, grey in zip(jobs, images, greys, strict=True):
+        if preview is not None:
+            preview.write_bytes(preview_jpeg(image, grey, _PREVIEW_SIDE))
     found = [
         _measure(i, g, params.hash, params.working_size) for i, g in zip(images, greys, strict=True)
     ]
@@ -145,16 +173,26 @@ def _one_thread_per_worker() -> None:
 
 
 def compute_features(
-    root: Path, rows: Sequence[dict[str, Any]], params: CleanParams, embedding: str | None = None
+    root: Path,
+    rows: Sequence[dict[str, Any]],
+    params: CleanParams,
+    embedding: str | None = None,
+    previews: Path | None = None,
 ) -> list[Features | None]:
     """Features of every readable row (None for unreadable ones), in row order.
 
     Chunks of images are decoded in `params.workers` processes; only small records (and
-    embeddings when `embedding` names a kind) come back, never pixels.
+    embeddings when `embedding` names a kind) come back, never pixels. With `previews` (a
+    folder), each readable row's preview JPEG is written there as `<row index>.jpg` from the
+    same decode, so memory stays flat however many images there are.
     """
     readable = [index for index, row in enumerate(rows) if not row["is_unreadable_issue"]]
     jobs = [
-        (resolve_inside(root, rows[i]["path"]), rows[i]["width"] * rows[i]["height"])
+        (
+            resolve_inside(root, rows[i]["path"]),
+            rows[i]["width"] * rows[i]["height"],
+            previews / f"{i}.jpg" if previews is not None else None,
+        )
         for i in readable
     ]
     chunks = [jobs[start : start + _CHUNK] for start in range(0, len(jobs), _CHUNK)]

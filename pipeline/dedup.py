@@ -139,6 +139,5 @@ def mark_conflicts(issues: list[dict[str, Any]]) -> None:
     conflicting = {key for key, found in labels.items() if len(found) > 1}
     for issue in issues:
         issue["is_conflicting_label_issue"] = any(
-            (column, issue[column]) in conflicting
-            for column in GROUP_COLUMNS.values()
+            (column, issue[column]) in conflicting for column in GROUP_COLUMNS.values()
         )

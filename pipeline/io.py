@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -57,7 +58,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise ImageReadError(
@@ -112,6 +113,21 @@ def pixel_sha256(image: Image.Image) -> str:
         digest.update(bytes(image.getpalette() or []))
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def preview_jpeg(image: Image.Image, grey: np.ndarray, side: int) -> bytes:
+    """A small JPEG (longest side at most `side`) of a decoded image for people to look at:
+    colour images in colour, all others by `grey`, their 8-bit grey pixels (H, W)."""
+    colour = image.mode in ("P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
+    pixels = np.asarray(image.convert("RGB"))[..., ::-1] if colour else grey  # BGR for OpenCV
+    height, width = pixels.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA) if scale < 1 else pixels
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(small), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    if not ok:
+        raise ImageReadError(f"cannot encode a {width}x{height} preview")
+    return encoded.tobytes()
 
 
 def load_rgb(path: Path, size: int, max_pixels: int) -> np.ndarray:

@@ -14,16 +14,12 @@ import csv
 import html
 import io
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import CHECKS, GROUP_COLUMNS, SCORED_CHECKS, TaskInfo
-from pipeline.paths import resolve_inside, write_text_atomic
+from pipeline.paths import write_text_atomic
 
 QUEUE_COLUMNS = ["path", "label", "issues", "action", "suggested_label", "decision"]
 _THUMB = 160
@@ -44,21 +40,13 @@ def _found(issue: dict[str, Any]) -> list[str]:
     return [check for check in CHECKS if issue[f"is_{check}_issue"]]
 
 
-def _thumbnail(root: Path, path: str, readable: bool) -> str:
-    """A data: URI of a small JPEG of the image, or '' when it is unreadable.
-
-    JPEGs are decoded at reduced scale (Pillow's draft mode): the page needs 160 px, not the
-    full image, and this is the review page's main cost.
-    """
-    if not readable:
+def _thumbnail(previews: Path, index: int) -> str:
+    """A data: URI of the row's preview JPEG (made by the clean workers from the one decode of
+    the image), or '' when there is none (unreadable image)."""
+    preview = previews / f"{index}.jpg"
+    if not preview.exists():
         return ""
-    with Image.open(resolve_inside(root, path)) as image:
-        image.draft("RGB", (_THUMB, _THUMB))
-        small = image.convert("RGB")
-    small.thumbnail((_THUMB, _THUMB))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(preview.read_bytes()).decode()
 
 
 def _card(issue: dict[str, Any], thumbs: dict[str, str]) -> str:
@@ -106,28 +94,22 @@ def _section(
     return "\n".join(parts)
 
 
-def _thumbnails(root: Path, issues: Sequence[dict[str, Any]], workers: int) -> dict[str, str]:
-    """Thumbnails by path, made in `workers` processes."""
-    paths = [issue["path"] for issue in issues]
-    readable = [not issue["is_unreadable_issue"] for issue in issues]
-    make = partial(_thumbnail, root)
-    if workers == 1:
-        return dict(zip(paths, map(make, paths, readable), strict=True))
-    with ProcessPoolExecutor(workers) as pool:
-        return dict(zip(paths, pool.map(make, paths, readable, chunksize=32), strict=True))
-
-
 def write_review_page(
-    path: Path, root: Path, issues: Sequence[dict[str, Any]], info: TaskInfo, workers: int
+    path: Path, previews: Path, issues: Sequence[dict[str, Any]], info: TaskInfo
 ) -> None:
-    """The self-contained HTML review page of every image with a found issue."""
+    """The self-contained HTML review page of every image with a found issue; `previews` holds
+    each readable image's preview as `<index in issues>.jpg`."""
     flagged = [issue for issue in issues if _found(issue)]
     shown = {issue["path"] for issue in flagged}
     # duplicates are shown with the kept member of their group, for comparison
     for column in GROUP_COLUMNS.values():
         groups = {issue[column] for issue in flagged if issue[column] is not None}
         shown |= {issue["path"] for issue in issues if issue[column] in groups}
-    thumbs = _thumbnails(root, [issue for issue in issues if issue["path"] in shown], workers)
+    thumbs = {
+        issue["path"]: _thumbnail(previews, index)
+        for index, issue in enumerate(issues)
+        if issue["path"] in shown
+    }
     sections = []
     for check in CHECKS:
         members = [issue for issue in issues if issue[f"is_{check}_issue"]]

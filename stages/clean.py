@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 from collections import Counter
 from pathlib import Path
 from statistics import median
@@ -107,12 +108,12 @@ def _label_step(
 
 
 def find_issues(
-    root: Path, rows: list[dict[str, Any]], params: CleanParams, info: TaskInfo
+    root: Path, rows: list[dict[str, Any]], params: CleanParams, info: TaskInfo, previews: Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Issue rows (every input row plus its features, groups, scores, flags and action) and the
-    label-issue step's summary."""
+    label-issue step's summary; each readable row's preview JPEG is written to `previews`."""
     kind = None if params.actions.label == "off" else resolve_kind(params.label_issues.embedding)
-    features = compute_features(root, rows, params, kind)
+    features = compute_features(root, rows, params, kind, previews)
     pixel = [f.pixel_sha256 if f else None for f in features]
     hashes = [f.perceptual_hash if f else None for f in features]
     near = (
@@ -219,14 +220,15 @@ def run(
     manifest, the summary metrics, the review page and the review queue."""
     rows, info = read_manifest(manifest, "images")
     decisions = read_overrides(Path(params.overrides), {row["path"] for row in rows}, info)
-    issues, label_step = find_issues(root, rows, params, info)
-    apply_overrides(issues, decisions)
+    with tempfile.TemporaryDirectory(prefix="apexloop-previews-") as previews:
+        issues, label_step = find_issues(root, rows, params, info, Path(previews))
+        apply_overrides(issues, decisions)
+        write_review_page(review, Path(previews), issues, info)
     kept = [cleaned_row(issue, info) for issue in issues if issue["action"] != "remove"]
     summary = {**summarise(issues, info), "label_issues": label_step}
     write_manifest(issues_out, issues, "issues", info)
     write_manifest(out, kept, "images", info)
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
-    write_review_page(review, root, issues, info, params.workers)
     write_review_queue(queue, issues)
     log.info(
         "kept %d of %d images (%d flagged); issues %s",

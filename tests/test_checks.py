@@ -470,3 +470,13 @@ def test_an_unreadable_image_has_no_scores() -> None:
     for check in SCORED:
         assert issue[f"{check}_score"] is None
         assert issue[f"is_{check}_issue"] is False
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 255), min_size=1, max_size=300),
+    st.lists(st.floats(0, 100), min_size=1, max_size=4),
+)
+def test_histogram_percentiles_equal_numpy_percentiles(values: list[int], qs: list[float]) -> None:
+    grey = np.array(values, dtype=np.uint8).reshape(-1, 1)
+    assert checks._percentiles(grey, qs) == pytest.approx(np.percentile(grey, qs).tolist())

@@ -17,6 +17,7 @@ from pipeline.io import (
     load_rgb,
     open_image,
     pixel_sha256,
+    preview_jpeg,
 )
 
 MAX_PIXELS = 1_000_000
@@ -179,3 +180,27 @@ def test_load_rgb_converts_and_resizes(tmp_path: Path) -> None:
     # A grey source stays grey after conversion: the three channels are equal.
     assert np.array_equal(array[..., 0], array[..., 1])
     assert np.array_equal(array[..., 1], array[..., 2])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16", "F"])
+@pytest.mark.parametrize(("size", "expected"), [((400, 100), (160, 40)), ((30, 20), (30, 20))])
+def test_preview_is_a_jpeg_shrunk_to_fit_keeping_the_aspect(
+    mode: str, size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    image = random_image(*size, seed=6).convert("L" if mode in ("I;16", "F") else mode)
+    if mode in ("I;16", "F"):
+        image = Image.fromarray(
+            np.asarray(image, dtype=np.uint16 if mode == "I;16" else np.float32)
+        )
+    grey = np.asarray(random_image(*size, mode="L", seed=6))
+    preview = Image.open(io.BytesIO(preview_jpeg(image, grey, 160)))
+    assert preview.format == "JPEG"
+    assert preview.size == expected
+    assert preview.mode == ("L" if mode in ("L", "I;16", "F") else "RGB")
+
+
+def test_preview_keeps_the_colours() -> None:
+    red = Image.new("RGB", (64, 32), (220, 20, 20))
+    preview = Image.open(io.BytesIO(preview_jpeg(red, np.zeros((32, 64), np.uint8), 160)))
+    r, g, b = np.asarray(preview.convert("RGB"), dtype=int).reshape(-1, 3).mean(axis=0)
+    assert r > 180 and g < 60 and b < 60
