@@ -30,7 +30,7 @@ from pipeline.paths import resolve_inside
 
 _CHUNK = 16  # images per worker task (and per embedding batch)
 _PREVIEW_SIDE = 160  # review-page thumbnails
-_HASH_INPUT = 128  # side the image is box-filtered to before the perceptual hash (which uses 32)
+_HASH_INPUT = 64  # at least the short side the perceptual hash (on a 32 px grid) starts from
 
 HASHES: dict[str, Callable[[Image.Image], imagehash.ImageHash]] = {
     "phash": imagehash.phash,
@@ -50,6 +50,22 @@ class Features:
     bright_p05: float  # 5th percentile of grey level, in [0, 1]
     bright_p95: float  # 95th percentile of grey level, in [0, 1]
     embedding: np.ndarray | None = None  # float32 (D,) for label issues, when asked for
+    preview: Preview | None = None  # where its preview JPEG was written, when asked for
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A preview JPEG's bytes inside a chunk file: previews of a chunk of images are written to
+    one file (a file per image costs more in file-system calls than making the preview)."""
+
+    file: Path
+    offset: int
+    length: int
+
+    def read(self) -> bytes:
+        with self.file.open("rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.length)
 
 
 def grey_u8(image: Image.Image) -> np.ndarray:
@@ -93,23 +109,23 @@ def _percentiles(grey: np.ndarray, qs: Sequence[float]) -> list[float]:
 
 
 def _hash_input(grey: np.ndarray) -> Image.Image:
-    """The grey image box-filtered to at most _HASH_INPUT px a side: imagehash then resamples
-    to its 32 px (phash) or 8-9 px grid from this instead of from full resolution."""
-    height, width = grey.shape
-    if max(height, width) <= _HASH_INPUT:
-        return Image.fromarray(grey)
-    size = (min(width, _HASH_INPUT), min(height, _HASH_INPUT))
-    return Image.fromarray(cv2.resize(grey, size, interpolation=cv2.INTER_AREA))
+    """The grey image box-filtered by an integer factor to _HASH_INPUT-2x that px on its short
+    side: imagehash then resamples to its 32 px (phash) or 8-9 px grid from this instead of
+    from full resolution."""
+    factor = max(1, min(grey.shape) // _HASH_INPUT)
+    image = Image.fromarray(grey)
+    return image.reduce(factor) if factor > 1 else image
 
 
 def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size: int) -> Features:
     small = _working(grey, working_size)
     laplacian = cv2.Laplacian(small.astype(np.float32), cv2.CV_32F)
+    _, deviation = cv2.meanStdDev(laplacian)
     low, high = (value / 255.0 for value in _percentiles(small, (5, 95)))
     return Features(
         pixel_sha256=pixel_sha256(image),
         perceptual_hash=int(str(HASHES[hash_name](_hash_input(grey))), 16),
-        sharpness=float(laplacian.var()),
+        sharpness=float(deviation[0, 0]) ** 2,
         bright_p05=float(low),
         bright_p95=float(high),
     )
@@ -149,19 +165,34 @@ def odd_size_score(width: int, height: int, min_side: int) -> float:
     return max(1.0 - short / long, max(0.0, 1.0 - short / min_side))
 
 
+def _write_previews(
+    file: Path, images: list[Image.Image], greys: list[np.ndarray]
+) -> list[Preview]:
+    """Preview JPEGs of a chunk of images, written one after another to `file`."""
+    pairs = zip(images, greys, strict=True)
+    blobs = [preview_jpeg(image, grey, _PREVIEW_SIDE) for image, grey in pairs]
+    file.write_bytes(b"".join(blobs))
+    offsets = np.cumsum([0, *map(len, blobs)])
+    return [Preview(file, int(offsets[k]), len(blob)) for k, blob in enumerate(blobs)]
+
+
 def _features_of_chunk(
-    jobs: list[tuple[Path, int, Path | None]], params: CleanParams, embedding: str | None
+    jobs: list[tuple[int, str, int]],
+    root: Path,
+    params: CleanParams,
+    embedding: str | None,
+    previews: Path | None,
 ) -> list[Features]:
-    """Features of a chunk of images, each decoded once; embeddings computed as one batch;
-    a preview JPEG written for each job that names a file for it."""
-    images = [open_image(path, max_pixels) for path, max_pixels, _ in jobs]
+    """Features of a chunk of images (row index, path under `root`, pixels), each decoded once;
+    embeddings computed as one batch; previews written to one file in `previews` if given."""
+    images = [open_image(resolve_inside(root, path), pixels) for _, path, pixels in jobs]
     greys = [grey_u8(image) for image in images]
-    for (_, _, preview), image, grey in zip(jobs, images, greys, strict=True):
-        if preview is not None:
-            preview.write_bytes(preview_jpeg(image, grey, _PREVIEW_SIDE))
     found = [
         _measure(i, g, params.hash, params.working_size) for i, g in zip(images, greys, strict=True)
     ]
+    if previews is not None:
+        shown = _write_previews(previews / f"{jobs[0][0]}.jpgs", images, greys)
+        found = [replace(f, preview=p) for f, p in zip(found, shown, strict=True)]
     if embedding is None:
         return found
     vectors = embed_batch(images, greys, embedding, params.label_issues.embedding_size)
@@ -183,20 +214,15 @@ def compute_features(
 
     Chunks of images are decoded in `params.workers` processes; only small records (and
     embeddings when `embedding` names a kind) come back, never pixels. With `previews` (a
-    folder), each readable row's preview JPEG is written there as `<row index>.jpg` from the
-    same decode, so memory stays flat however many images there are.
+    folder), each readable image's preview JPEG is made from the same decode and written there
+    (`Features.preview` says where), so memory stays flat however many images there are.
     """
     readable = [index for index, row in enumerate(rows) if not row["is_unreadable_issue"]]
-    jobs = [
-        (
-            resolve_inside(root, rows[i]["path"]),
-            rows[i]["width"] * rows[i]["height"],
-            previews / f"{i}.jpg" if previews is not None else None,
-        )
-        for i in readable
-    ]
+    jobs = [(i, rows[i]["path"], rows[i]["width"] * rows[i]["height"]) for i in readable]
     chunks = [jobs[start : start + _CHUNK] for start in range(0, len(jobs), _CHUNK)]
-    work = partial(_features_of_chunk, params=params, embedding=embedding)
+    work = partial(
+        _features_of_chunk, root=root, params=params, embedding=embedding, previews=previews
+    )
     if params.workers == 1:
         found = [features for chunk in chunks for features in work(chunk)]
     else:

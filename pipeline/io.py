@@ -119,14 +119,19 @@ def preview_jpeg(image: Image.Image, grey: np.ndarray, side: int) -> bytes:
     """A small JPEG (longest side at most `side`) of a decoded image for people to look at:
     colour images in colour, all others by `grey`, their 8-bit grey pixels (H, W)."""
     colour = image.mode in ("P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
-    pixels = np.asarray(image.convert("RGB"))[..., ::-1] if colour else grey  # BGR for OpenCV
+    base = image.convert("RGB") if colour else Image.fromarray(grey)
+    # an integer box filter does most of the shrinking (cheap, no aliasing), bilinear the rest
+    factor = max(1, max(base.size) // side)
+    pixels = np.asarray(base.reduce(factor) if factor > 1 else base)
     height, width = pixels.shape[:2]
     scale = min(1.0, side / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA) if scale < 1 else pixels
+    small = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR) if scale < 1 else pixels
+    if colour:
+        small = small[..., ::-1]  # BGR for OpenCV
     ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(small), [cv2.IMWRITE_JPEG_QUALITY, 80])
     if not ok:
-        raise ImageReadError(f"cannot encode a {width}x{height} preview")
+        raise ImageReadError(f"cannot encode a {image.width}x{image.height} preview")
     return encoded.tobytes()
 
 

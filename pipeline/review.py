@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.checks import Preview
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import CHECKS, GROUP_COLUMNS, SCORED_CHECKS, TaskInfo
 from pipeline.paths import write_text_atomic
@@ -40,13 +41,11 @@ def _found(issue: dict[str, Any]) -> list[str]:
     return [check for check in CHECKS if issue[f"is_{check}_issue"]]
 
 
-def _thumbnail(previews: Path, index: int) -> str:
-    """A data: URI of the row's preview JPEG (made by the clean workers from the one decode of
-    the image), or '' when there is none (unreadable image)."""
-    preview = previews / f"{index}.jpg"
-    if not preview.exists():
+def _thumbnail(preview: Preview | None) -> str:
+    """A data: URI of the image's preview JPEG, or '' when it has none (unreadable)."""
+    if preview is None:
         return ""
-    return "data:image/jpeg;base64," + base64.b64encode(preview.read_bytes()).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(preview.read()).decode()
 
 
 def _card(issue: dict[str, Any], thumbs: dict[str, str]) -> str:
@@ -95,10 +94,13 @@ def _section(
 
 
 def write_review_page(
-    path: Path, previews: Path, issues: Sequence[dict[str, Any]], info: TaskInfo
+    path: Path,
+    issues: Sequence[dict[str, Any]],
+    previews: Sequence[Preview | None],
+    info: TaskInfo,
 ) -> None:
-    """The self-contained HTML review page of every image with a found issue; `previews` holds
-    each readable image's preview as `<index in issues>.jpg`."""
+    """The self-contained HTML review page of every image with a found issue (`previews`: each
+    issue's preview JPEG, None where the image is unreadable)."""
     flagged = [issue for issue in issues if _found(issue)]
     shown = {issue["path"] for issue in flagged}
     # duplicates are shown with the kept member of their group, for comparison
@@ -106,8 +108,8 @@ def write_review_page(
         groups = {issue[column] for issue in flagged if issue[column] is not None}
         shown |= {issue["path"] for issue in issues if issue[column] in groups}
     thumbs = {
-        issue["path"]: _thumbnail(previews, index)
-        for index, issue in enumerate(issues)
+        issue["path"]: _thumbnail(preview)
+        for issue, preview in zip(issues, previews, strict=True)
         if issue["path"] in shown
     }
     sections = []

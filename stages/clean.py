@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checks import Features, compute_features, score_checks
+from pipeline.checks import Features, Preview, compute_features, score_checks
 from pipeline.dedup import (
     group_exact_duplicates,
     group_near_duplicates,
@@ -109,9 +109,9 @@ def _label_step(
 
 def find_issues(
     root: Path, rows: list[dict[str, Any]], params: CleanParams, info: TaskInfo, previews: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Issue rows (every input row plus its features, groups, scores, flags and action) and the
-    label-issue step's summary; each readable row's preview JPEG is written to `previews`."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[Preview | None]]:
+    """Issue rows (every input row plus its features, groups, scores, flags and action), the
+    label-issue step's summary, and each row's preview JPEG (written to `previews`)."""
     kind = None if params.actions.label == "off" else resolve_kind(params.label_issues.embedding)
     features = compute_features(root, rows, params, kind, previews)
     pixel = [f.pixel_sha256 if f else None for f in features]
@@ -146,7 +146,7 @@ def find_issues(
     step = _label_step(issues, features, kind, info, params)
     for issue in issues:
         issue["action"], issue["reason"] = _decide(issue, params)
-    return issues, step
+    return issues, step, [feature.preview if feature else None for feature in features]
 
 
 def apply_overrides(
@@ -220,10 +220,12 @@ def run(
     manifest, the summary metrics, the review page and the review queue."""
     rows, info = read_manifest(manifest, "images")
     decisions = read_overrides(Path(params.overrides), {row["path"] for row in rows}, info)
-    with tempfile.TemporaryDirectory(prefix="apexloop-previews-") as previews:
-        issues, label_step = find_issues(root, rows, params, info, Path(previews))
+    # previews are scratch files beside the review page (same file system as the outputs)
+    review.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".previews-", dir=review.parent) as previews:
+        issues, label_step, shown = find_issues(root, rows, params, info, Path(previews))
         apply_overrides(issues, decisions)
-        write_review_page(review, Path(previews), issues, info)
+        write_review_page(review, issues, shown, info)
     kept = [cleaned_row(issue, info) for issue in issues if issue["action"] != "remove"]
     summary = {**summarise(issues, info), "label_issues": label_step}
     write_manifest(issues_out, issues, "issues", info)
