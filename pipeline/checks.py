@@ -83,6 +83,8 @@ def grey_u8(image: Image.Image) -> np.ndarray:
         )
         scale = 255.0 / (high - low) if high > low else 0.0
         return (np.where(finite, values - low, 0.0) * scale).round().astype(np.uint8)
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8)  # no conversion copy
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
@@ -119,7 +121,8 @@ def _hash_input(grey: np.ndarray) -> Image.Image:
 
 def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size: int) -> Features:
     small = _working(grey, working_size)
-    laplacian = cv2.Laplacian(small.astype(np.float32), cv2.CV_32F)
+    # integer Laplacian of 8-bit pixels: exact in 16 bits (|value| <= 4 * 255)
+    laplacian = cv2.Laplacian(small, cv2.CV_16S)
     _, deviation = cv2.meanStdDev(laplacian)
     low, high = (value / 255.0 for value in _percentiles(small, (5, 95)))
     return Features(
