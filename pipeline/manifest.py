@@ -88,7 +88,13 @@ SCHEMAS: dict[str, pa.Schema] = {
     # clean's record of every input image, every check, and the action taken
     "issues": pa.schema(IMAGE_FIELDS + ISSUE_FIELDS),
     # split output: the cleaned images with their side
-    "split": pa.schema([*IMAGE_FIELDS, pa.field("split", pa.string(), nullable=False)]),
+    "split": pa.schema(
+        [
+            *IMAGE_FIELDS,
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("fold", pa.int32()),  # with split.folds: the row's fold; null for test
+        ]
+    ),
 }
 
 

@@ -123,18 +123,30 @@ class CleanParams(_Section):
 
 
 class SplitParams(_Section):
-    """Group-aware, stratified train/val/test fractions."""
+    """Group-aware, stratified train/val/test fractions, or K folds plus a held-out test side."""
 
     train: float = Field(gt=0, lt=1)
     val: float = Field(ge=0, lt=1)
     test: float = Field(gt=0, lt=1)
     seed: int = Field(ge=0)
+    min_groups_policy: Literal["error", "train_only"]
+    folds: int = Field(ge=0, le=20)
+    fold: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _check_sum(self) -> SplitParams:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split.train + split.val + split.test must be 1 (got {total:g})")
+        if self.folds == 1:
+            raise ValueError("split.folds must be 0 (off) or at least 2")
+        if self.folds and self.val != 0:
+            raise ValueError(
+                "with split.folds the validation side is fold split.fold of the non-test rows: "
+                f"set split.val to 0 and split.train to {1 - self.test:g}"
+            )
+        if self.fold >= max(self.folds, 1):
+            raise ValueError(f"split.fold must be below split.folds ({self.folds}), or 0")
         return self
 
 

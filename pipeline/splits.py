@@ -1,9 +1,18 @@
-"""Group-aware, stratified assignment of images to train/val/test.
+"""Leakage-proof, stratified, group-aware assignment of images to sides (train/val/test or folds).
 
-Every group (a physical part photographed several times) lands on exactly one side, so the
-test side only holds parts never seen in training. Groups are stratified by one class each
-(the group's majority class for multiclass, its rarest defect for multilabel) and handed out
-so that each side's share of every class tracks the requested fractions.
+Groups: images are linked when they share an ingest group (a physical part), an exact-duplicate
+group or a near-duplicate group of the clean stage; a group is a connected set of links (union
+find, through every image the clean stage saw, removed ones included). Every group lands on one
+side, so a side never holds a part or a copy of an image that another side holds.
+
+Stratification: iterative stratification (Sechidis, Tsoumakas and Vlahavas, 2011) over groups,
+weighted by their images: the class with the fewest unassigned images goes first, each of its
+groups to the side that still wants most images of that class (then most images overall). The
+same procedure serves multiclass (one class per image) and multilabel (each defect a label,
+an image without defects counts as the good class), so co-occurring defects are balanced too.
+Before that, each side is seeded with one group of every class (rarest class first, smallest
+group), so every class is present on every side. The maintained iterative-stratification
+package stratifies samples, not weighted groups, so this module implements the procedure.
 """
 
 from __future__ import annotations
@@ -13,64 +22,163 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.cluster.hierarchy import DisjointSet
 
-from pipeline.manifest import TaskInfo
-
-
-def group_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The group of each row; an image without a group is its own group."""
-    return [row["group"] if row["group"] is not None else f"path:{row['path']}" for row in rows]
+from pipeline.errors import ApexLoopError
+from pipeline.manifest import GROUP_COLUMNS, TaskInfo
 
 
-def group_strata(
-    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], info: TaskInfo
-) -> dict[str, str]:
-    """One class per group: its most frequent class, ties and multilabel going to the rarest."""
-    overall = Counter(name for row in rows for name in info.row_classes(row))
-    per_group: dict[str, Counter[str]] = {}
-    for row, key in zip(rows, keys, strict=True):
-        per_group.setdefault(key, Counter()).update(info.row_classes(row))
-    strata = {}
-    for key, counts in per_group.items():
-        if info.task == "multiclass":
-            strata[key] = min(counts, key=lambda name: (-counts[name], overall[name], name))
-        else:
-            strata[key] = min(counts, key=lambda name: (overall[name], name))
-    return strata
+class SplitError(ApexLoopError):
+    """The rows cannot be split as asked (too few groups of a class, or a leak)."""
 
 
-def _assign_stratum(
-    groups: list[str],
-    sizes: Mapping[str, int],
-    fractions: Mapping[str, float],
-    rng: np.random.Generator,
-) -> dict[str, str]:
-    """Hand out one stratum's groups, each to the side that is least filled relative to its target.
-
-    Ties go to the side with the larger fraction, so the first groups seed every side.
-    """
-    order = [groups[i] for i in rng.permutation(len(groups))]
-    total = sum(sizes[group] for group in groups)
-    filled = dict.fromkeys(fractions, 0)
-    sides = [side for side, fraction in fractions.items() if fraction > 0]
-    assigned = {}
-    for group in order:
-        side = min(sides, key=lambda s: (filled[s] / (fractions[s] * total), -fractions[s]))
-        assigned[group] = side
-        filled[side] += sizes[group]
-    return assigned
-
-
-def split_by_group(
-    rows: Sequence[Mapping[str, Any]], fractions: Mapping[str, float], seed: int, info: TaskInfo
+def link_groups(
+    rows: Sequence[Mapping[str, Any]], issues: Sequence[Mapping[str, Any]] = ()
 ) -> list[str]:
-    """Side name for every row; all rows of a group get the same side. Deterministic in seed."""
-    keys = group_keys(rows)
-    sizes = Counter(keys)
-    strata = group_strata(rows, keys, info)
-    rng = np.random.default_rng(seed)
-    side_of: dict[str, str] = {}
-    for stratum in sorted(set(strata.values())):
-        groups = sorted(key for key, name in strata.items() if name == stratum)
-        side_of.update(_assign_stratum(groups, sizes, fractions, rng))
-    return [side_of[key] for key in keys]
+    """The group of each row: rows linked by an ingest group, an exact-duplicate or a
+    near-duplicate group (of `issues`, the clean stage's issues manifest), directly or through
+    other images, share one; its name is its first path in sorted order."""
+    links: DisjointSet[tuple[str, Any]] = DisjointSet()
+    for row in [*issues, *rows]:
+        node = ("path", row["path"])
+        links.add(node)
+        named = [("group", row["group"])] if row["group"] is not None else []
+        named += [(c, row[c]) for c in GROUP_COLUMNS.values() if row.get(c) is not None]
+        for other in named:
+            links.add(other)
+            links.merge(node, other)
+    first: dict[tuple[str, Any], str] = {}
+    for row in rows:
+        root = links[("path", row["path"])]
+        first[root] = min(first.get(root, row["path"]), row["path"])
+    return [f"group:{first[links[('path', row['path'])]]}" for row in rows]
+
+
+class _Plan:
+    """Which side each group goes to, and how many images of each class each side still wants."""
+
+    def __init__(
+        self,
+        counts: Mapping[str, Counter[str]],
+        sizes: Mapping[str, int],
+        fractions: Mapping[str, float],
+    ) -> None:
+        self.counts, self.sizes = counts, sizes
+        self.sides = [side for side, fraction in fractions.items() if fraction > 0]
+        total = Counter[str]()
+        for found in counts.values():
+            total.update(found)
+        self.classes = sorted(total)
+        images = sum(sizes.values())
+        # every side can be given groups (train-only classes go to train, whatever its
+        # fraction); only sides with a fraction take part in seeding and stratification
+        self.wanted = {s: {k: f * n for k, n in total.items()} for s, f in fractions.items()}
+        self.wanted_size = {s: f * images for s, f in fractions.items()}
+        self.side_of: dict[str, str] = {}
+
+    def assign(self, group: str, side: str) -> None:
+        self.side_of[group] = side
+        for name, n in self.counts[group].items():
+            self.wanted[side][name] -= n
+        self.wanted_size[side] -= self.sizes[group]
+
+    def best_side(self, name: str) -> str:
+        """The side wanting most images of `name`, then most images (first side on ties)."""
+        return max(self.sides, key=lambda s: (self.wanted[s][name], self.wanted_size[s]))
+
+
+def _too_few_groups(name: str, groups: int, sides: Sequence[str]) -> SplitError:
+    return SplitError(
+        f"class {name!r} has {groups} group(s) (parts / duplicate groups); every side "
+        f"({', '.join(sides)}) needs one, so at least {len(sides)} are needed. Add images of "
+        f"other parts, merge or drop the class, or set split.min_groups_policy: train_only "
+        f"to keep it in train only"
+    )
+
+
+def _seed_sides(plan: _Plan, order: Sequence[str], policy: str) -> dict[str, dict[str, Any]]:
+    """Give every side one group of every class (rarest class first, smallest group first).
+
+    A class with fewer groups than sides is an error, or with policy train_only is put in
+    train only. Returns the classes missing from some side: their group count and those sides.
+    """
+    holders = {name: [g for g in order if name in plan.counts[g]] for name in plan.classes}
+    rarest_first = sorted(plan.classes, key=lambda n: (len(holders[n]), n))
+    missing: dict[str, dict[str, Any]] = {}
+    for name in rarest_first:
+        if len(holders[name]) >= len(plan.sides):
+            continue
+        if policy != "train_only":
+            raise _too_few_groups(name, len(holders[name]), plan.sides)
+        missing[name] = {"groups": len(holders[name]), "missing_from": []}
+        for group in holders[name]:
+            if group not in plan.side_of:
+                plan.assign(group, "train")
+    for name in rarest_first:
+        for side in plan.sides:
+            if any(plan.side_of.get(g) == side for g in holders[name]):
+                continue
+            free = [g for g in holders[name] if g not in plan.side_of]
+            if free and name not in missing:
+                plan.assign(min(free, key=plan.sizes.__getitem__), side)  # first of equal size
+                continue
+            if policy != "train_only":  # its groups went to other sides as other classes' seeds
+                raise _too_few_groups(name, len(holders[name]), plan.sides)
+            found = missing.setdefault(name, {"groups": len(holders[name]), "missing_from": []})
+            found["missing_from"].append(side)
+    return missing
+
+
+def split_groups(
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    fractions: Mapping[str, float],
+    seed: int,
+    info: TaskInfo,
+    policy: str,
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Side of every row (all rows of a group on one side), and the classes missing from some
+    side (policy train_only) with their group count and those sides.
+
+    Deterministic in (rows as a set, keys, fractions, seed): groups are ordered by name, then
+    shuffled by `seed`, so the row order does not matter.
+    """
+    counts: dict[str, Counter[str]] = {}
+    for row, key in zip(rows, keys, strict=True):
+        counts.setdefault(key, Counter()).update(info.row_classes(row))
+    named = sorted(counts)
+    order = [named[i] for i in np.random.default_rng(seed).permutation(len(named))]
+    plan = _Plan(counts, Counter(keys), fractions)
+    missing = _seed_sides(plan, order, policy)
+    while len(plan.side_of) < len(order):
+        left = Counter[str]()
+        for group in order:
+            if group not in plan.side_of:
+                left.update(counts[group])
+        name = min(left, key=lambda n: (left[n], n))
+        for group in order:
+            if group not in plan.side_of and name in counts[group]:
+                plan.assign(group, plan.best_side(name))
+    return [plan.side_of[key] for key in keys], missing
+
+
+def find_leaks(
+    rows: Sequence[Mapping[str, Any]],
+    sides: Sequence[str],
+    issues: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
+    """Every ingest group, exact-duplicate or near-duplicate group found on more than one side
+    (checked from the raw columns, independently of how groups were formed)."""
+    side_of = dict(zip((row["path"] for row in rows), sides, strict=True))
+    found: dict[tuple[str, Any], set[str]] = {}
+    for row in [*issues, *rows]:
+        if row["path"] not in side_of:
+            continue  # removed by the clean stage: in no side
+        for column in ("group", *GROUP_COLUMNS.values()):
+            if row.get(column) is not None:
+                found.setdefault((column, row[column]), set()).add(side_of[row["path"]])
+    return [
+        f"{column} {value!r} is on {', '.join(sorted(on))}"
+        for (column, value), on in sorted(found.items(), key=str)
+        if len(on) > 1
+    ]

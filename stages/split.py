@@ -1,4 +1,12 @@
-"""Split stage: group-aware, stratified, seeded train/val/test assignment of the cleaned images."""
+"""Split stage: leakage-proof, stratified, group-aware train/val/test (or K-fold) assignment.
+
+Groups join images that share an ingest group (physical part), an exact-duplicate or a
+near-duplicate group of the clean stage; every group lands on one side; classes are stratified
+by iterative stratification over groups (pipeline/splits.py). With `split.folds: K` the
+non-test rows are divided into K stratified folds (column `fold`) and fold `split.fold` is the
+val side, so `dvc exp run -S split.fold=k` trains and evaluates fold k. After splitting, any
+group or duplicate found on two sides is an error.
+"""
 
 from __future__ import annotations
 
@@ -12,40 +20,87 @@ from typing import Any
 from pipeline.manifest import TaskInfo, read_manifest, write_manifest
 from pipeline.params import SplitParams, load_section
 from pipeline.paths import write_text_atomic
-from pipeline.splits import group_keys, split_by_group
+from pipeline.splits import SplitError, find_leaks, link_groups, split_groups
 from pipeline.stagecli import run_stage
 
 log = logging.getLogger(__name__)
 SIDES = ("train", "val", "test")
 
 
-def summarise(rows: list[dict[str, Any]], info: TaskInfo) -> dict[str, Any]:
-    """Per side: images, groups, and each class's share of the side's images."""
-    summary: dict[str, Any] = {}
-    keys = group_keys(rows)
-    for side in SIDES:
-        members = [(row, key) for row, key in zip(rows, keys, strict=True) if row["split"] == side]
-        counts = Counter(name for row, _ in members for name in info.row_classes(row))
-        summary[side] = {
-            "images": len(members),
-            "groups": len({key for _, key in members}),
-            "class_share": {
-                name: round(counts[name] / max(len(members), 1), 4) for name in info.classes
-            },
+def _composition(rows: list[dict[str, Any]], keys: list[str], info: TaskInfo) -> dict[str, Any]:
+    counts = Counter(name for row in rows for name in info.row_classes(row))
+    return {
+        "images": len(rows),
+        "groups": len(set(keys)),
+        "class_share": {name: round(counts[name] / max(len(rows), 1), 4) for name in info.classes},
+    }
+
+
+def summarise(
+    rows: list[dict[str, Any]], keys: list[str], info: TaskInfo, missing: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Per side (and per fold): images, groups, each class's share of the images and its gap
+    to the whole in points; the largest gap; classes missing from some side (policy
+    train_only) with their group count and those sides."""
+    whole = _composition(rows, keys, info)
+    summary: dict[str, Any] = {"whole": whole}
+    parts = [(side, "split", side) for side in SIDES]
+    folds = sorted({row["fold"] for row in rows if row["fold"] is not None})
+    parts += [(f"fold_{k}", "fold", k) for k in folds]
+    for name, column, value in parts:
+        members = [i for i, row in enumerate(rows) if row[column] == value]
+        found = _composition([rows[i] for i in members], [keys[i] for i in members], info)
+        found["gap_points"] = {  # an empty side (val: 0) has no shares to compare
+            c: round(100 * (found["class_share"][c] - whole["class_share"][c]), 2)
+            for c in (info.classes if members else ())
         }
+        summary[name] = found
+    summary["max_gap_points"] = max(
+        (abs(v) for name, _, _ in parts for v in summary[name]["gap_points"].values()),
+        default=0.0,
+    )
+    summary["classes_missing_from_sides"] = missing
     return summary
 
 
-def run(params: SplitParams, manifest: Path, out: Path, metrics: Path) -> dict[str, Any]:
+def assign(
+    rows: list[dict[str, Any]], keys: list[str], params: SplitParams, info: TaskInfo
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Rows with their `split` and `fold` set, and the classes missing from some side."""
+    if params.folds:
+        fractions = {"test": params.test}
+        fractions |= {f"fold_{k}": (1 - params.test) / params.folds for k in range(params.folds)}
+    else:
+        fractions = {"train": params.train, "val": params.val, "test": params.test}
+    fractions = {"train": 0.0, **fractions}  # train first: it takes train-only classes and ties
+    parts, missing = split_groups(
+        rows, keys, fractions, params.seed, info, params.min_groups_policy
+    )
+    out = []
+    for row, part in zip(rows, parts, strict=True):
+        fold = int(part.removeprefix("fold_")) if part.startswith("fold_") else None
+        side = part if fold is None else ("val" if fold == params.fold else "train")
+        out.append({**row, "split": side, "fold": fold})
+    return out, missing
+
+
+def run(
+    params: SplitParams, manifest: Path, issues_path: Path, out: Path, metrics: Path
+) -> dict[str, Any]:
     """Assign every cleaned image to one side and write the split manifest and metrics."""
     rows, info = read_manifest(manifest, "images")
-    fractions = {"train": params.train, "val": params.val, "test": params.test}
-    sides = split_by_group(rows, fractions, params.seed, info)
-    split_rows = [{**row, "split": side} for row, side in zip(rows, sides, strict=True)]
+    issues, _ = read_manifest(issues_path, "issues")
+    keys = link_groups(rows, issues)
+    split_rows, missing = assign(rows, keys, params, info)
+    leaks = find_leaks(split_rows, [row["split"] for row in split_rows], issues)
+    if leaks:
+        raise SplitError("groups on more than one side: " + "; ".join(leaks))
     write_manifest(out, split_rows, "split", info)
-    summary = summarise(split_rows, info)
+    summary = summarise(split_rows, keys, info, missing)
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
     log.info("split %s", {side: summary[side]["images"] for side in SIDES})
+    if missing:
+        log.warning("classes missing from some side (too few groups): %s", missing)
     return summary
 
 
@@ -53,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True, help="cleaned images manifest")
+    parser.add_argument("--issues", type=Path, required=True, help="clean's issues manifest")
     parser.add_argument("--out", type=Path, required=True, help="split manifest")
     parser.add_argument("--metrics", type=Path, required=True, help="split summary (JSON)")
     args = parser.parse_args(argv)
     return run_stage(
         lambda: run(
-            load_section(args.params, "split", SplitParams), args.manifest, args.out, args.metrics
+            load_section(args.params, "split", SplitParams),
+            args.manifest,
+            args.issues,
+            args.out,
+            args.metrics,
         )
     )
 
