@@ -11,7 +11,10 @@ groups to the side that still wants most images of that class (then most images 
 same procedure serves multiclass (one class per image) and multilabel (each defect a label,
 an image without defects counts as the good class), so co-occurring defects are balanced too.
 Before that, each side is seeded with one group of every class (rarest class first, smallest
-group), so every class is present on every side. The maintained iterative-stratification
+group), so every class is present on every side; after it, a local search moves single groups
+between sides while that brings class shares and side sizes closer to their targets (the
+iterative pass matches each side's class counts, not its shares: a side can end up with a few
+images too many). The maintained iterative-stratification
 package stratifies samples, not weighted groups, so this module implements the procedure.
 """
 
@@ -26,6 +29,8 @@ from scipy.cluster.hierarchy import DisjointSet
 
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import GROUP_COLUMNS, TaskInfo
+
+_REFINE_PASSES = 20  # sweeps of the local search; it usually settles in a few
 
 
 class SplitError(ApexLoopError):
@@ -75,6 +80,7 @@ class _Plan:
         self.wanted = {s: {k: f * n for k, n in total.items()} for s, f in fractions.items()}
         self.wanted_size = {s: f * images for s, f in fractions.items()}
         self.side_of: dict[str, str] = {}
+        self.fixed: set[str] = set()  # groups of train-only classes: never moved
 
     def assign(self, group: str, side: str) -> None:
         self.side_of[group] = side
@@ -114,6 +120,7 @@ def _seed_sides(plan: _Plan, order: Sequence[str], policy: str) -> dict[str, dic
         for group in holders[name]:
             if group not in plan.side_of:
                 plan.assign(group, "train")
+            plan.fixed.add(group)
     for name in rarest_first:
         for side in plan.sides:
             if any(plan.side_of.get(g) == side for g in holders[name]):
@@ -127,6 +134,69 @@ def _seed_sides(plan: _Plan, order: Sequence[str], policy: str) -> dict[str, dic
             found = missing.setdefault(name, {"groups": len(holders[name]), "missing_from": []})
             found["missing_from"].append(side)
     return missing
+
+
+class _Sides:
+    """Images per class and in all, and groups per class, on each side; the cost of a side."""
+
+    def __init__(self, plan: _Plan, fractions: Mapping[str, float]) -> None:
+        self.plan = plan
+        self.images = sum(plan.sizes.values())
+        total = Counter[str]()
+        for found in plan.counts.values():
+            total.update(found)
+        self.whole = {name: n / self.images for name, n in total.items()}
+        self.target = {side: fractions[side] * self.images for side in plan.sides}
+        self.count = {side: Counter[str]() for side in plan.sides}
+        self.size = Counter[str]()
+        self.holders = {side: Counter[str]() for side in plan.sides}
+        for group, side in plan.side_of.items():
+            if side in self.count:
+                self.add(group, side, 1)
+
+    def add(self, group: str, side: str, sign: int) -> None:
+        for name, n in self.plan.counts[group].items():
+            self.count[side][name] += sign * n
+            self.holders[side][name] += sign
+        self.size[side] += sign * self.plan.sizes[group]
+
+    def cost(self, side: str, change: Counter[str], size_change: int) -> float:
+        """Squared gaps of the side's class shares to the whole, plus its squared relative
+        size deviation, after adding `change` (images per class) and `size_change` images."""
+        size = self.size[side] + size_change
+        if size <= 0:
+            return float("inf")
+        found = self.count[side]
+        gaps = sum(((found[c] + change[c]) / size - w) ** 2 for c, w in self.whole.items())
+        return gaps + ((size - self.target[side]) / self.target[side]) ** 2
+
+
+def _refine(plan: _Plan, order: Sequence[str], fractions: Mapping[str, float]) -> None:
+    """Local search after the iterative pass: move single groups to another side while that
+    lowers the summed cost of the two sides; never takes a side's last group of a class."""
+    sides = _Sides(plan, fractions)
+    for _ in range(_REFINE_PASSES):
+        moved = False
+        for group in order:
+            here = plan.side_of[group]
+            counts, size = plan.counts[group], plan.sizes[group]
+            if group in plan.fixed or any(sides.holders[here][c] == 1 for c in counts):
+                continue
+            minus = Counter({c: -n for c, n in counts.items()})
+            leaving = sides.cost(here, minus, -size) - sides.cost(here, Counter(), 0)
+            gains = {
+                there: leaving + sides.cost(there, counts, size) - sides.cost(there, Counter(), 0)
+                for there in plan.sides
+                if there != here
+            }
+            there = min(gains, key=gains.__getitem__)  # first of equal gains
+            if gains[there] < -1e-12:
+                sides.add(group, here, -1)
+                sides.add(group, there, 1)
+                plan.side_of[group] = there
+                moved = True
+        if not moved:
+            return
 
 
 def split_groups(
@@ -159,6 +229,7 @@ def split_groups(
         for group in order:
             if group not in plan.side_of and name in counts[group]:
                 plan.assign(group, plan.best_side(name))
+    _refine(plan, order, fractions)
     return [plan.side_of[key] for key in keys], missing
 
 
