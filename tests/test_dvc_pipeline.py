@@ -140,3 +140,22 @@ def test_out_of_range_param_names_the_key_and_range(project: Path) -> None:
     assert result.returncode != 0
     assert "bad value for 'train.lr' (got -1)" in output
     assert "allowed: 0 < value <= 10" in output
+
+
+def test_a_fold_experiment_as_the_readme_shows_it(project: Path) -> None:
+    sh(project, "git", "checkout", "--", "params.yaml")  # undo the refused edits above
+    folds = ["-S", "split.folds=2", "-S", "split.fold=1", "-S", "split.val=0"]
+    sh(project, "dvc", "exp", "run", *folds, "-S", "split.train=0.85")
+    rows, _ = read_manifest(project / "data/interim/split.parquet", "split")
+    assert {row["fold"] for row in rows if row["split"] == "val"} == {1}
+    assert {row["fold"] for row in rows if row["split"] == "train"} <= {0, None}
+    assert {row["fold"] for row in rows if row["split"] == "test"} == {None}
+    shown = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
+    split_metrics = next(
+        files["reports/split.json"]["data"]
+        for rev in shown.values()
+        for files in [rev["data"]]
+        if "reports/split.json" in files
+    )
+    assert {"fold_0", "fold_1", "test", "max_gap_points"} <= set(split_metrics)
+    assert split_metrics["fold_1"]["images"] == split_metrics["val"]["images"]
