@@ -165,6 +165,17 @@ class TrainParams(_Section):
     hflip: bool
     device: Literal["auto", "cpu", "cuda"]
     seed: int = Field(ge=0)
+    # class imbalance (pipeline/samplers.py, pipeline/losses.py)
+    sampler: Literal["none", "weighted"]
+    sampler_mode: Literal["inv", "sqrt", "effective_num"]
+    sampler_beta: float = Field(ge=0, lt=1)
+    upsample_target_ratio: float = Field(ge=0, le=1)
+    upsample_max_replications: int = Field(ge=1, le=1000)
+    loss: Literal["ce", "focal"]
+    focal_gamma: float = Field(ge=0, le=10)
+    focal_alpha: list[float] | None
+    label_smoothing: float = Field(ge=0, lt=1)
+    class_weight_damping: float = Field(ge=0, le=1)
 
 
 class EvaluateParams(_Section):

@@ -12,10 +12,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.datasets import output_names
 from pipeline.errors import ApexLoopError
 from pipeline.inference import normalise, predict_logits, score_metrics, to_scores
+from pipeline.losses import build_loss, class_weights
 from pipeline.manifest import TaskInfo
 from pipeline.params import TrainParams
+from pipeline.samplers import (
+    ShuffleEpochSampler,
+    WeightedEpochSampler,
+    sample_weights,
+    upsample_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +43,59 @@ class EpochLog:
     val_miss_rate: float | None
 
 
-def loss_function(task: str) -> nn.Module:
-    """Cross-entropy over classes (multiclass) or per-defect binary cross-entropy (multilabel)."""
-    return nn.CrossEntropyLoss() if task == "multiclass" else nn.BCEWithLogitsLoss()
+def sample_classes(targets: torch.Tensor, task: str) -> list[list[int]]:
+    """Class indices of each sample: its class (multiclass, targets (N,)); its defects, or
+    index L for the good class when it has none (multilabel, targets (N, L))."""
+    if task == "multiclass":
+        return [[int(label)] for label in targets.tolist()]
+    good = targets.shape[1]
+    return [[i for i, v in enumerate(row) if v > 0.5] or [good] for row in targets.tolist()]
+
+
+def build_criterion(
+    params: TrainParams, info: TaskInfo, targets: torch.Tensor, device: torch.device
+) -> nn.Module:
+    """The loss of params.loss, with class weights from the training targets' counts when
+    params.class_weight_damping > 0 (multilabel: positives per defect)."""
+    names = output_names(info)
+    weights = None
+    if params.class_weight_damping > 0:
+        counts = (
+            torch.bincount(targets, minlength=len(names))
+            if info.task == "multiclass"
+            else targets.sum(dim=0).round().long()
+        )
+        weights = class_weights(counts.tolist(), names, params.class_weight_damping)
+    criterion = build_loss(
+        info.task,
+        params.loss,
+        names,
+        gamma=params.focal_gamma,
+        alpha=params.focal_alpha,
+        label_smoothing=params.label_smoothing,
+        weights=weights,
+    )
+    return criterion.to(device)
+
+
+def balance(
+    train: tuple[torch.Tensor, torch.Tensor], params: TrainParams, info: TaskInfo
+) -> tuple[tuple[torch.Tensor, torch.Tensor], WeightedEpochSampler | ShuffleEpochSampler]:
+    """The training set after hard upsampling (params.upsample_target_ratio > 0) and the
+    epoch sampler: shuffled, or weighted towards rare classes (params.sampler)."""
+    classes = sample_classes(train[1], info.task)
+    n_classes = len(output_names(info)) + (info.task == "multilabel")  # + good (multilabel)
+    if params.upsample_target_ratio > 0:
+        keep = upsample_indices(
+            classes, n_classes, params.upsample_target_ratio, params.upsample_max_replications
+        )
+        index = torch.from_numpy(keep)
+        train = (train[0][index], train[1][index])
+        classes = [classes[i] for i in keep.tolist()]
+    if params.sampler == "weighted":
+        weights = sample_weights(classes, n_classes, params.sampler_mode, params.sampler_beta)
+        return train, WeightedEpochSampler(weights, len(classes), params.seed)
+    return train, ShuffleEpochSampler(len(classes), params.seed)
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -49,15 +107,16 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 def _train_epoch(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
+    order: torch.Tensor,
     params: TrainParams,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     generator: torch.Generator,
     device: torch.device,
 ) -> float:
+    """One pass over `data` in `order` (indices, repeats allowed); returns the mean loss."""
     images, targets = data
     model.train()
-    order = torch.randperm(len(images), generator=generator)
     total, seen = 0.0, 0
     for start in range(0, len(order), params.batch_size):
         index = order[start : start + params.batch_size]
@@ -86,8 +145,9 @@ def fit(
     device: torch.device,
 ) -> tuple[dict[str, Any], list[EpochLog]]:
     """Train for params.epochs; return the state dict of the best validation macro-F1 epoch."""
-    generator = torch.Generator().manual_seed(params.seed)
-    criterion = loss_function(info.task)
+    generator = torch.Generator().manual_seed(params.seed)  # augmentation draws
+    train, sampler = balance(train, params, info)
+    criterion = build_criterion(params, info, train[1], device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
@@ -96,7 +156,11 @@ def fit(
     history = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(model, train, params, optimizer, criterion, generator, device)
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+        train_loss = _train_epoch(
+            model, train, order, params, optimizer, criterion, generator, device
+        )
         scheduler.step()
         logits = predict_logits(model, val[0], params.batch_size, device)
         val_loss = criterion(logits, val[1]).item() if len(logits) else float("nan")

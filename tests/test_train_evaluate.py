@@ -8,34 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_dvc_stages, write_params
 
-from pipeline import synth
 from pipeline.datasets import output_names
 from pipeline.manifest import read_manifest
 from pipeline.models import WeightsMissingError, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
-
-
-def run_pipeline(work: Path, multilabel: bool) -> Path:
-    """Generate data and run all five stages as dvc.yaml declares them; returns `work`."""
-    synth.generate(work / "raw", count=60, seed=3, multilabel=multilabel)
-    ingest = {"root": str(work / "raw")}
-    if multilabel:
-        ingest.update(task="multilabel", label_column="labels")
-    train = {"epochs": 1, "image_size": 32, "batch_size": 16}
-    # 60 images: rare classes have 1-2 parts, too few for three sides
-    split = {"min_groups_policy": "train_only"}
-    write_params(work / "params.yaml", ingest=ingest, split=split, train=train)
-    run_dvc_stages(work)
-    return work
-
-
-@pytest.fixture(scope="module", params=[False, True], ids=["multiclass", "multilabel"])
-def outputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_pipeline(tmp_path_factory.mktemp("run"), request.param)
 
 
 def test_checkpoint_loads_safely_and_carries_its_params(outputs: Path) -> None:
