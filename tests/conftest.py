@@ -12,10 +12,17 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from pipeline import synth
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite is a gate: property tests draw the same examples on every run (a failure found
+# once is found again). HYPOTHESIS_PROFILE=explore searches afresh with more examples.
+settings.register_profile("deterministic", derandomize=True)
+settings.register_profile("explore", max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def write_params(path: Path, **sections: dict[str, Any]) -> Path:
