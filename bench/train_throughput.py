@@ -47,7 +47,7 @@ def main() -> None:
         ("channels_last", torch.channels_last),
     ):
         torch.manual_seed(0)
-        model = build_model(args.model, 5, pretrained=False).train()
+        model = build_model(args.model, 5, pretrained=False, dropout=0.2).train()
         results[name] = images_per_second(model, batch, args.steps, fmt)
         print(f"{args.model} {args.size}px {name:14s} {results[name]:8.1f} images/s")
     print(f"channels_last / contiguous = {results['channels_last'] / results['contiguous']:.2f}x")

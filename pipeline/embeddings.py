@@ -39,7 +39,9 @@ def resolve_kind(setting: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _backbone() -> nn.Module:
     """MobileNetV2 ImageNet features + global average pooling, in eval mode (once per process)."""
-    features = build_model("mobilenet_v2", 1000, pretrained=True).get_submodule("features")
+    features = build_model("mobilenet_v2", 1000, pretrained=True, dropout=0.0).get_submodule(
+        "features"
+    )
     return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
 
 

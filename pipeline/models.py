@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,49 @@ def cached_weights(name: str) -> Any:
     )
 
 
-def _replace_head(model: nn.Module, num_outputs: int) -> None:
-    """Swap the last Linear layer for a fresh one with `num_outputs` outputs."""
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent module, attribute name, layer) of the classifier's last Linear layer."""
     name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2], nn.Linear(last.in_features, num_outputs))
+    parent_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attr, last
 
 
-def build_model(name: str, num_outputs: int, pretrained: bool) -> nn.Module:
-    """A torchvision classifier by name; pretrained backbones get a new head."""
+def _set_head(model: nn.Module, head: nn.Linear, dropout: float) -> None:
+    """Install `head` as the last Linear with dropout `dropout` right before it: the
+    architecture's own head dropout (MobileNet, EfficientNet) gets that rate; where there is
+    none (ResNet) the head becomes Dropout + Linear."""
+    parent, attr, _ = _last_linear(model)
+    if isinstance(parent, nn.Sequential) and attr.isdigit() and int(attr) > 0:
+        before = parent[int(attr) - 1]
+        if isinstance(before, nn.Dropout):
+            before.p = dropout
+            parent[int(attr)] = head
+            return
+    setattr(parent, attr, nn.Sequential(nn.Dropout(dropout), head))
+
+
+def build_model(name: str, num_outputs: int, pretrained: bool, dropout: float) -> nn.Module:
+    """A torchvision classifier by name with `num_outputs` outputs and head dropout `dropout`;
+    pretrained backbones (from the local hub cache only) get a fresh head."""
     if not pretrained:
-        return models.get_model(name, weights=None, num_classes=num_outputs)
+        model = models.get_model(name, weights=None, num_classes=num_outputs)
+        _set_head(model, _last_linear(model)[2], dropout)  # keeps torchvision's head init
+        return model
     model = models.get_model(name, weights=cached_weights(name))
-    _replace_head(model, num_outputs)
+    _set_head(model, nn.Linear(_last_linear(model)[2].in_features, num_outputs), dropout)
     return model
+
+
+def freeze_backbone(model: nn.Module, fraction: float) -> int:
+    """Stop gradients for the first `fraction` of the backbone's parameter tensors (every
+    tensor but the head's, in definition order: the input end first). Batch-norm statistics
+    of frozen layers still adapt in train mode. Returns the number of tensors frozen."""
+    head = {id(p) for p in _last_linear(model)[2].parameters()}
+    backbone = [p for p in model.parameters() if id(p) not in head]
+    frozen = backbone[: math.floor(fraction * len(backbone))]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return len(frozen)
 
 
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -165,6 +165,8 @@ class TrainParams(_Section):
     hflip: bool
     device: Literal["auto", "cpu", "cuda"]
     seed: int = Field(ge=0)
+    dropout: float = Field(ge=0, le=0.9)  # before the classifier head
+    freeze_fraction: float = Field(ge=0, le=1)  # of the pretrained backbone, input end first
     # class imbalance (pipeline/samplers.py, pipeline/losses.py)
     sampler: Literal["none", "weighted"]
     sampler_mode: Literal["inv", "sqrt", "effective_num"]
@@ -176,6 +178,15 @@ class TrainParams(_Section):
     focal_alpha: list[float] | None
     label_smoothing: float = Field(ge=0, lt=1)
     class_weight_damping: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_freezing(self) -> TrainParams:
+        if self.freeze_fraction > 0 and not self.pretrained:
+            raise ValueError(
+                "train.freeze_fraction > 0 freezes random weights when train.pretrained is "
+                "false: set train.pretrained: true or train.freeze_fraction: 0"
+            )
+        return self
 
 
 class EvaluateParams(_Section):

@@ -148,9 +148,8 @@ def fit(
     generator = torch.Generator().manual_seed(params.seed)  # augmentation draws
     train, sampler = balance(train, params, info)
     criterion = build_criterion(params, info, train[1], device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=params.lr, weight_decay=params.weight_decay
-    )
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen ones stay out
+    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     best: tuple[float, dict[str, Any]] = (-1.0, {})
     history = []

@@ -43,7 +43,9 @@ def load_model(path: Path, info: TaskInfo) -> tuple[torch.nn.Module, int]:
             f"{path}: trained for {checkpoint['task']} {checkpoint['classes']}, but the manifest "
             f"is {info.task} {list(info.classes)}; rerun train"
         )
-    model = build_model(checkpoint["model"], len(output_names(info)), pretrained=False)
+    model = build_model(
+        checkpoint["model"], len(output_names(info)), pretrained=False, dropout=0.0
+    )  # dropout is inactive in eval mode; the head layout is the same
     model.load_state_dict(checkpoint["state_dict"])
     return model, int(checkpoint["image_size"])
 

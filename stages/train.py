@@ -21,7 +21,7 @@ import torch
 from pipeline.datasets import decode_stack, output_names, targets
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import TaskInfo, read_manifest
-from pipeline.models import build_model, pick_device, place_model
+from pipeline.models import build_model, freeze_backbone, pick_device, place_model
 from pipeline.params import TrainParams, load_section
 from pipeline.paths import atomic_output, write_text_atomic
 from pipeline.stagecli import run_stage
@@ -78,9 +78,9 @@ def run(
     train = side(rows, "train", info, root, params.image_size)
     val = side(rows, "val", info, root, params.image_size)
     torch.manual_seed(params.seed)  # weight init and dropout draw from torch's global RNG
-    model = place_model(
-        build_model(params.model, len(output_names(info)), params.pretrained), device
-    )
+    model = build_model(params.model, len(output_names(info)), params.pretrained, params.dropout)
+    frozen = freeze_backbone(model, params.freeze_fraction)
+    model = place_model(model, device)
     state, history = fit(model, train, val, params, info, device)
     best = max(history, key=lambda entry: entry.val_macro_f1)
     save_checkpoint(model_out, state, params, info)
@@ -90,6 +90,7 @@ def run(
         "train_loss": best.train_loss,
         "val_loss": best.val_loss,
         "train_images": len(train[0]),
+        "frozen_tensors": frozen,
         "device": device.type,
     }
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")

@@ -23,7 +23,7 @@ def test_checkpoint_loads_safely_and_carries_its_params(outputs: Path) -> None:
     assert checkpoint["classes"] == list(info.classes)
     assert checkpoint["task"] == info.task
     assert checkpoint["params"]["epochs"] == 1
-    model = build_model(checkpoint["model"], len(output_names(info)), pretrained=False)
+    model = build_model(checkpoint["model"], len(output_names(info)), pretrained=False, dropout=0.0)
     model.load_state_dict(checkpoint["state_dict"])
     history = list(csv.DictReader((outputs / "reports/train_history.csv").open()))
     assert [int(row["epoch"]) for row in history] == [1]
@@ -50,7 +50,7 @@ def test_missing_pretrained_weights_is_a_clear_error(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsMissingError) as err:
-        build_model("mobilenet_v2", 3, pretrained=True)
+        build_model("mobilenet_v2", 3, pretrained=True, dropout=0.2)
     assert "mobilenet_v2-7ebf99e0.pth" in str(err.value)  # the default (V2) weights
     assert "mobilenet_v2-b0353104.pth" in str(err.value)  # the alternative (V1)
     assert str(tmp_path / "hub" / "checkpoints") in str(err.value)
@@ -59,7 +59,7 @@ def test_missing_pretrained_weights_is_a_clear_error(
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="../shared/weights not present")
 def test_pretrained_weights_load_offline_from_torch_home(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(SHARED_WEIGHTS))
-    model = build_model("mobilenet_v2", 4, pretrained=True)
+    model = build_model("mobilenet_v2", 4, pretrained=True, dropout=0.2)
     assert model.classifier[-1].out_features == 4  # type: ignore[index]
     # the backbone carries ImageNet weights, not a fresh initialisation
     reference = torch.load(

@@ -1,0 +1,82 @@
+"""Tests of pipeline.models: head dropout on every supported architecture, the same head layout
+for pretrained and scratch builds, and backbone freezing."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+import torch
+from conftest import REPO
+from torch import nn
+
+from pipeline.models import build_model, freeze_backbone
+from pipeline.params import TrainParams, load_section
+
+SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
+ARCHITECTURES = get_args(TrainParams.model_fields["model"].annotation)
+
+
+def _head_and_dropout(model: nn.Module) -> tuple[nn.Linear, nn.Dropout]:
+    """The last Linear and the module that runs right before it."""
+    ordered = [m for m in model.modules() if not list(m.children())]  # leaves, in order
+    last = max(i for i, m in enumerate(ordered) if isinstance(m, nn.Linear))
+    head, before = ordered[last], ordered[last - 1]
+    assert isinstance(head, nn.Linear) and isinstance(before, nn.Dropout), (head, before)
+    return head, before
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_architecture_gets_the_head_dropout_asked_for(name: str) -> None:
+    model = build_model(name, 3, pretrained=False, dropout=0.35)
+    head, dropout = _head_and_dropout(model)
+    assert head.out_features == 3
+    assert dropout.p == 0.35
+    assert sum(isinstance(m, nn.Dropout) and m.p == 0.35 for m in model.modules()) == 1
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="../shared/weights not present")
+def test_a_pretrained_checkpoint_loads_into_a_scratch_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # evaluate rebuilds the trained model without weights and loads the checkpoint into it
+    monkeypatch.setenv("TORCH_HOME", str(SHARED_WEIGHTS))
+    trained = build_model("mobilenet_v2", 4, pretrained=True, dropout=0.5)
+    scratch = build_model("mobilenet_v2", 4, pretrained=False, dropout=0.0)
+    scratch.load_state_dict(trained.state_dict())  # strict: same keys and shapes
+    assert _head_and_dropout(trained)[1].p == 0.5
+
+
+def test_freezing_stops_the_input_end_of_the_backbone_and_never_the_head() -> None:
+    model = build_model("resnet18", 2, pretrained=False, dropout=0.0)
+    head = _head_and_dropout(model)[0]
+    backbone = [p for p in model.parameters() if all(p is not q for q in head.parameters())]
+    assert freeze_backbone(model, 0.5) == len(backbone) // 2
+    flags = [p.requires_grad for p in backbone]
+    assert flags == [False] * (len(backbone) // 2) + [True] * (len(backbone) - len(backbone) // 2)
+    assert all(p.requires_grad for p in head.parameters())
+    assert freeze_backbone(model, 1.0) == len(backbone)
+    assert all(p.requires_grad for p in head.parameters())
+
+
+def test_a_training_step_leaves_frozen_weights_unchanged() -> None:
+    torch.manual_seed(0)  # weight init draws from torch's global RNG
+    model = build_model("resnet18", 2, pretrained=False, dropout=0.0)
+    freeze_backbone(model, 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=0.1, weight_decay=0.1)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    nn.CrossEntropyLoss()(model(images), torch.tensor([0, 1, 0, 1])).backward()
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        changed = not torch.equal(parameter, before[name])
+        assert changed == parameter.requires_grad, name
+
+
+def test_freezing_random_weights_is_refused() -> None:
+    params = load_section(REPO / "params.yaml", "train", TrainParams).model_dump()
+    with pytest.raises(ValueError, match=r"train\.pretrained: true or train\.freeze_fraction: 0"):
+        TrainParams.model_validate({**params, "pretrained": False, "freeze_fraction": 0.5})
