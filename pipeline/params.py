@@ -165,6 +165,8 @@ class TrainParams(_Section):
     hflip: bool
     device: Literal["auto", "cpu", "cuda"]
     seed: int = Field(ge=0)
+    monitor: Literal["macro_f1", "miss_rate"]  # validation metric that picks the best epoch
+    patience: int = Field(ge=0, le=1000)  # early stop after this many epochs without gain
     dropout: float = Field(ge=0, le=0.9)  # before the classifier head
     freeze_fraction: float = Field(ge=0, le=1)  # of the pretrained backbone, input end first
     # class imbalance (pipeline/samplers.py, pipeline/losses.py)

@@ -136,6 +136,19 @@ def _train_epoch(
     return total / max(seen, 1)
 
 
+def monitored(entry: EpochLog, monitor: str) -> tuple[float, float]:
+    """Sort key of an epoch, larger is better: validation macro-F1, or the miss rate (lower is
+    better) with macro-F1 breaking ties (several epochs often miss nothing)."""
+    if monitor == "macro_f1":
+        return (entry.val_macro_f1, 0.0)
+    if entry.val_miss_rate is None:
+        raise ApexLoopError(
+            "train.monitor is miss_rate but the val side has no defective images to miss; "
+            "use train.monitor: macro_f1 or a split with defects on val"
+        )
+    return (-entry.val_miss_rate, entry.val_macro_f1)
+
+
 def fit(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -143,15 +156,17 @@ def fit(
     params: TrainParams,
     info: TaskInfo,
     device: torch.device,
-) -> tuple[dict[str, Any], list[EpochLog]]:
-    """Train for params.epochs; return the state dict of the best validation macro-F1 epoch."""
+) -> tuple[dict[str, Any], list[EpochLog], EpochLog]:
+    """Train for up to params.epochs, stopping once params.patience epochs (0: never) bring no
+    improvement of params.monitor; return the best epoch's state dict, the history and that
+    epoch's log."""
     generator = torch.Generator().manual_seed(params.seed)  # augmentation draws
     train, sampler = balance(train, params, info)
     criterion = build_criterion(params, info, train[1], device)
     trainable = [p for p in model.parameters() if p.requires_grad]  # frozen ones stay out
     optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
-    best: tuple[float, dict[str, Any]] = (-1.0, {})
+    best: tuple[EpochLog, dict[str, Any]] | None = None
     history = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
@@ -183,6 +198,10 @@ def fit(
             entry.val_miss_rate,
             time.perf_counter() - started,
         )
-        if f1 > best[0]:
-            best = (f1, copy.deepcopy(model.state_dict()))
-    return best[1], history
+        if best is None or monitored(entry, params.monitor) > monitored(best[0], params.monitor):
+            best = (entry, copy.deepcopy(model.state_dict()))
+        elif params.patience and epoch - best[0].epoch >= params.patience:
+            log.info("early stop: no better %s for %d epochs", params.monitor, params.patience)
+            break
+    assert best is not None  # params.epochs >= 1
+    return best[1], history, best[0]

@@ -81,11 +81,13 @@ def run(
     model = build_model(params.model, len(output_names(info)), params.pretrained, params.dropout)
     frozen = freeze_backbone(model, params.freeze_fraction)
     model = place_model(model, device)
-    state, history = fit(model, train, val, params, info, device)
-    best = max(history, key=lambda entry: entry.val_macro_f1)
+    state, history, best = fit(model, train, val, params, info, device)
     save_checkpoint(model_out, state, params, info)
     summary = {
         "best_epoch": best.epoch,
+        "epochs_run": len(history),
+        "monitor": params.monitor,
+        "val_miss_rate": best.val_miss_rate,
         "val_macro_f1": best.val_macro_f1,
         "train_loss": best.train_loss,
         "val_loss": best.val_loss,

@@ -3,6 +3,7 @@ the criterion from params, and the train stage running with every remedy switche
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -12,11 +13,12 @@ import pytest
 import torch
 from conftest import REPO
 
+from pipeline.errors import ApexLoopError
 from pipeline.losses import BinaryFocalLoss, FocalLoss, LossConfigError
-from pipeline.manifest import TaskInfo
+from pipeline.manifest import TaskInfo, read_manifest
 from pipeline.params import TrainParams, load_section
 from pipeline.samplers import ShuffleEpochSampler, WeightedEpochSampler
-from pipeline.training import balance, build_criterion, sample_classes
+from pipeline.training import EpochLog, balance, build_criterion, monitored, sample_classes
 from stages import train as train_stage
 
 MULTICLASS = TaskInfo("multiclass", ("good", "scratch", "hole"), "good")
@@ -120,3 +122,59 @@ def test_train_stage_runs_with_every_imbalance_remedy_on(outputs: Path, tmp_path
     checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
     assert checkpoint["params"]["loss"] == "focal"
     assert checkpoint["params"]["sampler"] == "weighted"
+
+
+def _train_on(outputs: Path, work: Path, **changes: Any) -> tuple[dict[str, Any], list[EpochLog]]:
+    """The train stage on the tiny pipeline's split with `changes`; (summary, history)."""
+    settings = params(image_size=32, batch_size=16, **changes)
+    split = outputs / "data/interim/split.parquet"
+    summary = train_stage.run(
+        settings, outputs / "raw", split, work / "m.pt", work / "t.json", work / "h.csv"
+    )
+    with (work / "h.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    history = [
+        EpochLog(
+            int(r["epoch"]),
+            float(r["train_loss"]),
+            float(r["val_loss"]),
+            float(r["val_macro_f1"]),
+            float(r["val_miss_rate"]) if r["val_miss_rate"] else None,
+        )
+        for r in rows
+    ]
+    return summary, history
+
+
+def test_early_stopping_stops_patience_epochs_after_the_last_gain(
+    outputs: Path, tmp_path: Path
+) -> None:
+    summary, history = _train_on(outputs, tmp_path, epochs=8, lr=0.003, patience=1)
+    best = summary["best_epoch"]
+    key = [monitored(entry, "macro_f1") for entry in history]
+    # stopped exactly `patience` epochs after the last improvement, or ran out of epochs ...
+    assert summary["epochs_run"] == len(history) == min(8, best + 1)
+    # ... and the kept epoch is the first best one: no earlier epoch is as good, no later better
+    assert all(k < key[best - 1] for k in key[: best - 1])
+    assert all(k <= key[best - 1] for k in key[best:])
+
+
+@pytest.mark.parametrize("monitor", ["macro_f1", "miss_rate"])
+def test_the_best_epoch_is_the_best_by_the_monitored_metric(
+    outputs: Path, tmp_path: Path, monitor: str
+) -> None:
+    _, info = read_manifest(outputs / "data/interim/split.parquet", "split")
+    summary, history = _train_on(outputs, tmp_path, epochs=3, lr=0.01, monitor=monitor)
+    assert summary["monitor"] == monitor and summary["epochs_run"] == 3
+    best = max(history, key=lambda entry: monitored(entry, monitor))
+    assert summary["best_epoch"] == min(  # the first of equally good epochs is kept
+        e.epoch for e in history if monitored(e, monitor) == monitored(best, monitor)
+    )
+    assert info.task in ("multiclass", "multilabel")
+
+
+def test_monitoring_the_miss_rate_without_defects_on_val_is_a_clear_error() -> None:
+    entry = EpochLog(1, 0.5, 0.5, 0.4, None)
+    assert monitored(entry, "macro_f1") == (0.4, 0.0)
+    with pytest.raises(ApexLoopError, match="no defective images"):
+        monitored(entry, "miss_rate")
