@@ -8,6 +8,7 @@ together they are the single-process epoch, whatever the world size.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -159,7 +160,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * _SEED_STRIDE + epoch) % 2**64)
 
 
-class _EpochSampler(Sampler[int]):
+class _EpochSampler(Sampler[int], ABC):
     """Draws a whole epoch from (seed, epoch), the same on every rank, and yields rank's shard.
 
     The draw is padded by wrapping to a multiple of world_size; rank r yields positions
@@ -183,8 +184,9 @@ class _EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return math.ceil(self.size / self.world_size)
 
+    @abstractmethod
     def _draw(self, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+        """One epoch's indices, before padding and sharding (size,)."""
 
     def __iter__(self) -> Iterator[int]:
         draw = self._draw(epoch_generator(self.seed, self.epoch))  # (size,)
