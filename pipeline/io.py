@@ -22,9 +22,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import ApexLoopError
 
-# Errors Pillow raises for files that are not (complete, sane) images.
 _ORIENTATION = 0x0112  # EXIF tag; 1 = upright
 
+# Errors Pillow raises for files that are not (complete, sane) images.
 _DECODE_ERRORS = (
     UnidentifiedImageError,
     Image.DecompressionBombError,

@@ -23,7 +23,6 @@ from pipeline.manifest import CHECKS, GROUP_COLUMNS, SCORED_CHECKS, TaskInfo
 from pipeline.paths import write_text_atomic
 
 QUEUE_COLUMNS = ["path", "label", "issues", "action", "suggested_label", "decision"]
-_THUMB = 160
 _STYLE = """
 body{font-family:sans-serif;margin:1.5em;color:#222}h2{border-bottom:1px solid #ccc}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ccc;padding:6px;width:170px;

@@ -68,17 +68,17 @@ class _Plan:
         sizes: Mapping[str, int],
         fractions: Mapping[str, float],
     ) -> None:
-        self.counts, self.sizes = counts, sizes
+        self.counts, self.sizes, self.fractions = counts, sizes, fractions
         self.sides = [side for side, fraction in fractions.items() if fraction > 0]
-        total = Counter[str]()
+        self.total = Counter[str]()  # images per class
         for found in counts.values():
-            total.update(found)
-        self.classes = sorted(total)
-        images = sum(sizes.values())
+            self.total.update(found)
+        self.classes = sorted(self.total)
+        self.images = sum(sizes.values())
         # every side can be given groups (train-only classes go to train, whatever its
         # fraction); only sides with a fraction take part in seeding and stratification
-        self.wanted = {s: {k: f * n for k, n in total.items()} for s, f in fractions.items()}
-        self.wanted_size = {s: f * images for s, f in fractions.items()}
+        self.wanted = {s: {k: f * n for k, n in self.total.items()} for s, f in fractions.items()}
+        self.wanted_size = {s: f * self.images for s, f in fractions.items()}
         self.side_of: dict[str, str] = {}
         self.fixed: set[str] = set()  # groups of train-only classes: never moved
 
@@ -139,14 +139,10 @@ def _seed_sides(plan: _Plan, order: Sequence[str], policy: str) -> dict[str, dic
 class _Sides:
     """Images per class and in all, and groups per class, on each side; the cost of a side."""
 
-    def __init__(self, plan: _Plan, fractions: Mapping[str, float]) -> None:
+    def __init__(self, plan: _Plan) -> None:
         self.plan = plan
-        self.images = sum(plan.sizes.values())
-        total = Counter[str]()
-        for found in plan.counts.values():
-            total.update(found)
-        self.whole = {name: n / self.images for name, n in total.items()}
-        self.target = {side: fractions[side] * self.images for side in plan.sides}
+        self.whole = {name: n / plan.images for name, n in plan.total.items()}
+        self.target = {side: plan.fractions[side] * plan.images for side in plan.sides}
         self.count = {side: Counter[str]() for side in plan.sides}
         self.size = Counter[str]()
         self.holders = {side: Counter[str]() for side in plan.sides}
@@ -171,10 +167,10 @@ class _Sides:
         return gaps + ((size - self.target[side]) / self.target[side]) ** 2
 
 
-def _refine(plan: _Plan, order: Sequence[str], fractions: Mapping[str, float]) -> None:
+def _refine(plan: _Plan, order: Sequence[str]) -> None:
     """Local search after the iterative pass: move single groups to another side while that
     lowers the summed cost of the two sides; never takes a side's last group of a class."""
-    sides = _Sides(plan, fractions)
+    sides = _Sides(plan)
     for _ in range(_REFINE_PASSES):
         moved = False
         for group in order:
@@ -229,7 +225,7 @@ def split_groups(
         for group in order:
             if group not in plan.side_of and name in counts[group]:
                 plan.assign(group, plan.best_side(name))
-    _refine(plan, order, fractions)
+    _refine(plan, order)
     return [plan.side_of[key] for key in keys], missing
 
 
