@@ -1,0 +1,81 @@
+"""Train-time augmentation of decoded uint8 images together with their defect boxes.
+
+Train and eval see images differently, on purpose:
+- train: `build_augment` (random crop, flips, rotation, colour jitter) runs on each uint8 (3, S, S)
+  image from the decode cache, and the same geometric change is applied to its boxes, so a
+  defect box still covers the defect's pixels (defect-aware CutMix relies on that);
+- eval (validation, test, inference): no augmentation at all. The decode cache is already S x S,
+  and `pipeline.inference.normalise` does the float conversion and ImageNet normalisation for
+  both sides, so train and eval differ only by the random augmentation.
+
+Randomness is explicit: torchvision's v2 transforms draw from torch's global CPU generator, so
+`augment` runs them inside `torch.random.fork_rng` seeded from the caller's seed. The caller's
+global RNG state is the same before and after, and one seed always gives one result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from pipeline.params import TrainParams
+
+
+def build_augment(params: TrainParams) -> v2.Transform | None:
+    """The train-time augmentation named by `params`; None when every part is switched off.
+
+    Input and output: a uint8 `tv_tensors.Image` (3, S, S) with S = params.image_size, and a
+    `tv_tensors.BoundingBoxes` (n, 4) XYXY on the (S, S) canvas. Invariants: the output image
+    stays uint8 and S x S; the output has exactly the n input boxes in the same order (no
+    SanitizeBoundingBoxes: each box stays aligned with its label), clamped to the canvas, so a
+    box pushed out of view has zero area instead of disappearing.
+    """
+    size = params.image_size
+    steps: list[v2.Transform] = []
+    if params.crop_scale_min < 1:
+        steps.append(v2.RandomResizedCrop(size, scale=(params.crop_scale_min, 1.0), antialias=True))
+    if params.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if params.vflip:
+        steps.append(v2.RandomVerticalFlip())
+    if params.rotate_degrees > 0:
+        steps.append(v2.RandomRotation(params.rotate_degrees))  # same size; corners filled with 0
+    if params.color_jitter > 0:
+        strength = params.color_jitter
+        steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
+    if not steps:
+        return None
+    # "hard": clamp to the canvas whatever clamping mode the boxes carry
+    steps.append(v2.ClampBoundingBoxes(clamping_mode="hard"))
+    return v2.Compose(steps)
+
+
+def augment(
+    transform: v2.Transform, image: torch.Tensor, boxes: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply `transform` to one image and its boxes, deterministically for `seed`.
+
+    image: uint8 (3, S, S); boxes: float (n, 4) XYXY on the (S, S) canvas, n may be 0.
+    Returns plain tensors (image uint8 (3, S', S'), boxes float (n, 4)); S' = S for
+    `build_augment`'s transforms. Invariants: the same (transform, inputs, seed) gives the same
+    output; the caller's global RNG state is unchanged; the inputs are never written to and the
+    outputs never share memory with them (the image may be a view of the decode cache).
+    """
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(
+            f"expected a uint8 (3, S, S) image, got {image.dtype} {tuple(image.shape)}"
+        )
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"expected boxes of shape (n, 4), got {tuple(boxes.shape)}")
+    height, width = image.shape[1:]
+    # clones: a transform that does nothing (a flip not drawn) returns its input tensor itself
+    pixels = tv_tensors.Image(image.clone())
+    frame = tv_tensors.BoundingBoxes(
+        boxes.to(torch.float32, copy=True), format="XYXY", canvas_size=(height, width)
+    )
+    # only the CPU generator: torch.manual_seed would also reseed (and so change) CUDA's
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        out_image, out_boxes = transform(pixels, frame)
+    return out_image.as_subclass(torch.Tensor), out_boxes.as_subclass(torch.Tensor)

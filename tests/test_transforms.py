@@ -1,0 +1,184 @@
+"""Tests of pipeline.transforms: which augmentations are built, seeding, boxes following pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.params import TrainParams, load_section
+from pipeline.transforms import augment, build_augment
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+ALL_OFF: dict[str, Any] = {
+    "image_size": SIZE,
+    "hflip": False,
+    "vflip": False,
+    "rotate_degrees": 0.0,
+    "crop_scale_min": 1.0,
+    "color_jitter": 0.0,
+}
+ALL_ON: dict[str, Any] = {
+    "hflip": True,
+    "vflip": True,
+    "rotate_degrees": 30.0,
+    "crop_scale_min": 0.5,
+    "color_jitter": 0.3,
+}
+
+
+def train_params(**changes: Any) -> TrainParams:
+    """The repository's train params with every augmentation off, then `changes`."""
+    params = load_section(REPO / "params.yaml", "train", TrainParams).model_dump()
+    return TrainParams.model_validate({**params, **ALL_OFF, **changes})
+
+
+def noise_image(seed: int, size: int = SIZE) -> torch.Tensor:
+    """uint8 (3, size, size) of dim noise (0..100), so a 255 blob stands out."""
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.integers(0, 101, (3, size, size), dtype=np.uint8))
+
+
+def with_blob(image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """A copy of `image` with pixels x0 <= x < x1, y0 <= y < y1 set to 255 (white)."""
+    x0, y0, x1, y1 = box
+    out = image.clone()
+    out[:, y0:y1, x0:x1] = 255
+    return out
+
+
+def white_mask(image: torch.Tensor) -> torch.Tensor:
+    """bool (H, W): pixels that are 255 in every channel."""
+    return (image == 255).all(dim=0)
+
+
+def test_build_augment_is_none_when_everything_is_off() -> None:
+    assert build_augment(train_params()) is None
+
+
+@pytest.mark.parametrize("name", sorted(ALL_ON))
+def test_each_augmentation_alone_keeps_dtype_size_and_boxes(name: str) -> None:
+    transform = build_augment(train_params(**{name: ALL_ON[name]}))
+    assert transform is not None
+    boxes = torch.tensor([[2.0, 3.0, 10.0, 12.0], [20.0, 20.0, 31.0, 30.0]])
+    for seed in range(5):
+        image, out_boxes = augment(transform, noise_image(seed), boxes, seed)
+        assert image.dtype == torch.uint8 and image.shape == (3, SIZE, SIZE)
+        assert out_boxes.dtype == torch.float32 and out_boxes.shape == (2, 4)
+        assert bool(((out_boxes >= 0) & (out_boxes <= SIZE)).all())  # clamped to the canvas
+
+
+def test_same_seed_same_output_and_global_rng_untouched() -> None:
+    transform = build_augment(train_params(**ALL_ON))
+    assert transform is not None
+    image, boxes = noise_image(0), torch.tensor([[4.0, 4.0, 20.0, 16.0]])
+    image_before, boxes_before = image.clone(), boxes.clone()
+    state = torch.get_rng_state()
+    first = augment(transform, image, boxes, seed=11)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = augment(transform, image, boxes, seed=11)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    # the seed matters: other seeds give other images
+    others = [augment(transform, image, boxes, seed)[0] for seed in range(12, 20)]
+    assert any(not torch.equal(first[0], other) for other in others)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(image, image_before) and torch.equal(boxes, boxes_before)
+
+
+def test_outputs_never_share_memory_with_inputs() -> None:
+    # a flip that is not drawn returns its input: augment must still hand back new tensors
+    transform = build_augment(train_params(hflip=True))
+    assert transform is not None
+    image, boxes = noise_image(1), torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    image_before, boxes_before = image.clone(), boxes.clone()
+    for seed in range(8):
+        out_image, out_boxes = augment(transform, image, boxes, seed)
+        out_image.fill_(255)
+        out_boxes.fill_(-1.0)
+        assert torch.equal(image, image_before) and torch.equal(boxes, boxes_before)
+
+
+def test_hflip_moves_the_box_with_its_pixels() -> None:
+    transform = build_augment(train_params(hflip=True))
+    assert transform is not None
+    blob = (3, 5, 11, 20)  # off-centre: the image is not its own mirror
+    image = with_blob(noise_image(2), blob)
+    boxes = torch.tensor([blob], dtype=torch.float32)
+    flipped = 0
+    for seed in range(16):
+        out_image, out_boxes = augment(transform, image, boxes, seed)
+        assert torch.equal(out_image, image) or torch.equal(out_image, image.flip(-1))
+        flipped += torch.equal(out_image, image.flip(-1))
+        x0, y0, x1, y1 = (int(value) for value in out_boxes[0])
+        mask = white_mask(out_image)
+        # exactly the pixels under the box are white
+        assert bool(mask[y0:y1, x0:x1].all()) and int(mask.sum()) == (x1 - x0) * (y1 - y0)
+    assert 0 < flipped < 16  # both outcomes were drawn
+
+
+def test_vflip_moves_the_box_with_its_pixels() -> None:
+    transform = build_augment(train_params(vflip=True))
+    assert transform is not None
+    blob = (3, 5, 11, 20)
+    image = with_blob(noise_image(3), blob)
+    outcomes = set()
+    for seed in range(16):
+        out_image, out_boxes = augment(
+            transform, image, torch.tensor([blob], dtype=torch.float32), seed
+        )
+        x0, y0, x1, y1 = (int(value) for value in out_boxes[0])
+        mask = white_mask(out_image)
+        assert bool(mask[y0:y1, x0:x1].all()) and int(mask.sum()) == (x1 - x0) * (y1 - y0)
+        outcomes.add(y0)
+    assert outcomes == {5, SIZE - 20}
+
+
+def test_rotation_keeps_the_blob_centre_inside_its_box() -> None:
+    size = 64
+    transform = build_augment(train_params(image_size=size, rotate_degrees=45.0))
+    assert transform is not None
+    blob = (40, 12, 48, 20)  # off-centre, within the inscribed circle at any angle
+    image = with_blob(noise_image(4, size), blob)
+    boxes = torch.tensor([blob], dtype=torch.float32)
+    moved = 0
+    for seed in range(10):
+        out_image, out_boxes = augment(transform, image, boxes, seed)
+        ys, xs = torch.nonzero(white_mask(out_image), as_tuple=True)
+        assert len(xs) > 0
+        cx, cy = float(xs.float().mean()) + 0.5, float(ys.float().mean()) + 0.5
+        x0, y0, x1, y1 = out_boxes[0].tolist()
+        assert x0 <= cx <= x1 and y0 <= cy <= y1
+        moved += not torch.allclose(out_boxes, boxes)
+    assert moved > 0
+
+
+def test_boxes_pushed_out_of_view_stay_with_zero_area() -> None:
+    transform = build_augment(train_params(crop_scale_min=0.08))
+    assert transform is not None
+    boxes = torch.tensor([[0.0, 0.0, 3.0, 3.0], [10.0, 10.0, 20.0, 20.0]])  # a corner box first
+    areas = []
+    for seed in range(20):
+        _, out_boxes = augment(transform, noise_image(5), boxes, seed)
+        assert out_boxes.shape == (2, 4)
+        assert bool((out_boxes[:, 2:] >= out_boxes[:, :2]).all())
+        width, height = out_boxes[0, 2] - out_boxes[0, 0], out_boxes[0, 3] - out_boxes[0, 1]
+        areas.append(float(width * height))
+    assert min(areas) == 0.0  # the corner box was cropped away at least once, and kept
+
+
+def test_images_without_boxes() -> None:
+    transform = build_augment(train_params(**ALL_ON))
+    assert transform is not None
+    image, boxes = augment(transform, noise_image(6), torch.zeros((0, 4)), seed=3)
+    assert image.shape == (3, SIZE, SIZE) and boxes.shape == (0, 4)
+
+
+def test_rejects_a_float_image() -> None:
+    transform = build_augment(train_params(hflip=True))
+    assert transform is not None
+    with pytest.raises(ValueError, match="uint8"):
+        augment(transform, noise_image(7).float(), torch.zeros((0, 4)), seed=0)
