@@ -21,7 +21,7 @@ def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    scaled = (images.to(device).float() / 255.0 - mean) / std
+    scaled = (images.to(device, non_blocking=True).float() / 255.0 - mean) / std
     return scaled.contiguous(memory_format=torch.channels_last)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,30 @@ def freeze_backbone(model: nn.Module, fraction: float) -> int:
     for parameter in frozen:
         parameter.requires_grad_(False)
     return len(frozen)
+
+
+def freeze_modules(model: nn.Module, names: Sequence[str]) -> int:
+    """Stop gradients for every parameter of the named submodules (e.g. ResNet's "conv1",
+    "layer1"; MobileNet's "features.0"). The head cannot be frozen; an unknown name is an
+    error listing the model's top-level stages. Returns the number of tensors frozen."""
+    modules = dict(model.named_modules())
+    head_name = next(n for n, m in modules.items() if m is _last_linear(model)[2])
+    stages = ", ".join(name for name, _ in model.named_children())
+    frozen = 0
+    for name in names:
+        if name not in modules or not name:
+            raise ApexLoopError(
+                f"train.freeze_stages names {name!r}, which this model does not have; its "
+                f"stages are: {stages} (sub-stages by dotted name, e.g. features.0)"
+            )
+        if head_name == name or head_name.startswith(f"{name}."):
+            raise ApexLoopError(
+                f"train.freeze_stages: {name!r} holds the classifier head, which must train"
+            )
+        for parameter in modules[name].parameters():
+            frozen += parameter.requires_grad
+            parameter.requires_grad_(False)
+    return frozen
 
 
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -169,6 +169,29 @@ class TrainParams(_Section):
     patience: int = Field(ge=0, le=1000)  # early stop after this many epochs without gain
     dropout: float = Field(ge=0, le=0.9)  # before the classifier head
     freeze_fraction: float = Field(ge=0, le=1)  # of the pretrained backbone, input end first
+    freeze_stages: list[str]  # named backbone modules to freeze, e.g. [conv1, layer1]
+    # data: decode once into a uint8 cache; train-time augmentation (pipeline/transforms.py)
+    decode_cache: Literal["memory", "disk"]  # disk: memory-mapped file under the cache folder
+    num_workers: int = Field(ge=0, le=64)  # DataLoader worker processes; 0 = in the main one
+    vflip: bool
+    rotate_degrees: float = Field(ge=0, le=180)
+    crop_scale_min: float = Field(gt=0, le=1)  # RandomResizedCrop's smallest area share; 1 = off
+    color_jitter: float = Field(ge=0, le=1)  # brightness/contrast/saturation strength; 0 = off
+    # batch mixing (pipeline/mixing.py)
+    mix: Literal["none", "mixup", "cutmix", "defect_cutmix"]
+    mix_prob: float = Field(ge=0, le=1)  # share of batches that are mixed
+    mix_alpha: float = Field(gt=0, le=10)  # Beta(alpha, alpha) draw of the mixing ratio
+    cutmix_min_ratio: float = Field(ge=0, le=1)  # pasted patch's share of the image area
+    cutmix_max_ratio: float = Field(gt=0, le=1)
+    defect_max_cover: float = Field(ge=0, le=1)  # defect_cutmix: most of any defect box covered
+    defect_min_visible: float = Field(gt=0, le=1)  # a pasted defect counts from this box share
+    # optimisation
+    optimizer: Literal["adamw", "sgd"]
+    momentum: float = Field(ge=0, lt=1)  # sgd only (Nesterov)
+    schedule: Literal["cosine", "onecycle"]
+    warmup_epochs: float = Field(ge=0, le=100)  # linear warm-up (onecycle: its rising phase)
+    grad_clip: float = Field(ge=0, le=1000)  # max gradient norm; 0 = off
+    ema_decay: float = Field(ge=0, lt=1)  # exponential moving average of weights; 0 = off
     # class imbalance (pipeline/samplers.py, pipeline/losses.py)
     sampler: Literal["none", "weighted"]
     sampler_mode: Literal["inv", "sqrt", "effective_num"]
@@ -187,6 +210,21 @@ class TrainParams(_Section):
             raise ValueError(
                 "train.freeze_fraction > 0 freezes random weights when train.pretrained is "
                 "false: set train.pretrained: true or train.freeze_fraction: 0"
+            )
+        if self.freeze_stages and not self.pretrained:
+            raise ValueError(
+                "train.freeze_stages freezes random weights when train.pretrained is false: "
+                "set train.pretrained: true or train.freeze_stages: []"
+            )
+        if self.cutmix_min_ratio > self.cutmix_max_ratio:
+            raise ValueError(
+                f"train.cutmix_min_ratio ({self.cutmix_min_ratio}) is above "
+                f"train.cutmix_max_ratio ({self.cutmix_max_ratio})"
+            )
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.warmup_epochs}) must be below train.epochs "
+                f"({self.epochs})"
             )
         return self
 

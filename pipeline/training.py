@@ -1,31 +1,43 @@
-"""The training loop: batches over a decoded uint8 stack, validation each epoch, best state kept."""
+"""The training loop: sampler, augmentation and mixing feed batches; validation every epoch; the
+best epoch's weights kept; the whole state saved after each epoch so a killed run resumes."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from pipeline.datasets import output_names
+from pipeline import distributed
+from pipeline.checkpoints import load_state, save_state
+from pipeline.datasets import AugmentedSet, collate, output_names
+from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
 from pipeline.inference import normalise, predict_logits, score_metrics, to_scores
 from pipeline.losses import build_loss, class_weights
 from pipeline.manifest import TaskInfo
+from pipeline.mixing import MixConfig, mix_batch, soft_targets
 from pipeline.params import TrainParams
 from pipeline.samplers import (
     ShuffleEpochSampler,
     WeightedEpochSampler,
+    epoch_generator,
     sample_weights,
     upsample_indices,
 )
+from pipeline.transforms import build_augment
 
 log = logging.getLogger(__name__)
+
+MIX_STREAM = 1_000_003  # offsets the mixing draws' seed from the sampler's
 
 
 class DivergedError(ApexLoopError):
@@ -33,14 +45,56 @@ class DivergedError(ApexLoopError):
 
 
 @dataclass(frozen=True)
+class Side:
+    """One side of the split, decoded: images uint8 (N, 3, S, S), targets (int64 (N,) or
+    multi-hot float (N, L)), and per image its boxes on the S x S canvas with output indices."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    boxes: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
 class EpochLog:
-    """One epoch's curves (no timings: the history file must be reproducible)."""
+    """One epoch's curves (no timings: the history must be reproducible). Train figures come
+    from the epoch's augmented batches, scored against each image's own label; gap is train
+    minus val accuracy (memorisation shows as a growing gap)."""
 
     epoch: int
+    lr: float
     train_loss: float
+    train_accuracy: float
+    train_macro_f1: float
     val_loss: float
+    val_accuracy: float
     val_macro_f1: float
     val_miss_rate: float | None
+    val_overkill_rate: float | None
+    gap: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where and how this process trains: the task, device, its rank, the resumable state's
+    file (None: no resuming) and fingerprint, and a callback for each finished epoch."""
+
+    info: TaskInfo
+    device: torch.device
+    process: Process
+    state_path: Path | None
+    fingerprint: str
+    on_epoch: Callable[[EpochLog], None]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The best epoch's weights (CPU state dict) and log, the whole history, and the epoch the
+    run resumed after (0: started afresh)."""
+
+    state: dict[str, Any]
+    best: EpochLog
+    history: list[EpochLog]
+    resumed_after: int
 
 
 def sample_classes(targets: torch.Tensor, task: str) -> list[list[int]]:
@@ -79,61 +133,60 @@ def build_criterion(
 
 
 def balance(
-    train: tuple[torch.Tensor, torch.Tensor], params: TrainParams, info: TaskInfo
-) -> tuple[tuple[torch.Tensor, torch.Tensor], WeightedEpochSampler | ShuffleEpochSampler]:
-    """The training set after hard upsampling (params.upsample_target_ratio > 0) and the
-    epoch sampler: shuffled, or weighted towards rare classes (params.sampler)."""
-    classes = sample_classes(train[1], info.task)
+    targets: torch.Tensor, params: TrainParams, info: TaskInfo, process: Process
+) -> tuple[torch.Tensor, WeightedEpochSampler | ShuffleEpochSampler]:
+    """The training pool as indices into the side (rare images repeated when
+    params.upsample_target_ratio > 0) and this rank's epoch sampler over the pool: shuffled,
+    or weighted towards rare classes (params.sampler)."""
+    classes = sample_classes(targets, info.task)
     n_classes = len(output_names(info)) + (info.task == "multilabel")  # + good (multilabel)
+    pool = torch.arange(len(classes))
     if params.upsample_target_ratio > 0:
         keep = upsample_indices(
             classes, n_classes, params.upsample_target_ratio, params.upsample_max_replications
         )
-        index = torch.from_numpy(keep)
-        train = (train[0][index], train[1][index])
+        pool = torch.from_numpy(keep).long()
         classes = [classes[i] for i in keep.tolist()]
+    rank, world = process.rank, process.world_size
     if params.sampler == "weighted":
         weights = sample_weights(classes, n_classes, params.sampler_mode, params.sampler_beta)
-        return train, WeightedEpochSampler(weights, len(classes), params.seed)
-    return train, ShuffleEpochSampler(len(classes), params.seed)
+        return pool, WeightedEpochSampler(weights, len(classes), params.seed, rank, world)
+    return pool, ShuffleEpochSampler(len(classes), params.seed, rank, world)
 
 
-def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A new batch with each image mirrored left-right with probability 1/2 (B, C, H, W)."""
-    flip = torch.rand(len(images), generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum, over the trainable (unfrozen) parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(
+            trainable,
+            lr=params.lr,
+            momentum=params.momentum,
+            nesterov=params.momentum > 0,
+            weight_decay=params.weight_decay,
+        )
+    return torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
 
 
-def _train_epoch(
-    model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
-    order: torch.Tensor,
-    params: TrainParams,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    generator: torch.Generator,
-    device: torch.device,
-) -> float:
-    """One pass over `data` in `order` (indices, repeats allowed); returns the mean loss."""
-    images, targets = data
-    model.train()
-    total, seen = 0.0, 0
-    for start in range(0, len(order), params.batch_size):
-        index = order[start : start + params.batch_size]
-        batch = images[index]
-        if params.hflip:
-            batch = random_hflip(batch, generator)
-        loss = criterion(model(normalise(batch, device)), targets[index].to(device))
-        if not math.isfinite(loss.item()):
-            raise DivergedError(
-                f"training loss became {loss.item()} at batch {start // params.batch_size}; "
-                f"lower train.lr (now {params.lr})"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, seen = total + loss.item() * len(index), seen + len(index)
-    return total / max(seen, 1)
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch. cosine: linear warm-up from lr/25 over params.warmup_epochs,
+    then cosine decay to 0. onecycle: torch's OneCycleLR rising for params.warmup_epochs (0:
+    its default 30% of the run)."""
+    total = params.epochs * steps_per_epoch
+    warmup = round(params.warmup_epochs * steps_per_epoch)
+    if params.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=params.lr, total_steps=total, pct_start=warmup / total or 0.3
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 1 / 25 + (1 - 1 / 25) * step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def monitored(entry: EpochLog, monitor: str) -> tuple[float, float]:
@@ -149,59 +202,224 @@ def monitored(entry: EpochLog, monitor: str) -> tuple[float, float]:
     return (-entry.val_miss_rate, entry.val_macro_f1)
 
 
-def fit(
-    model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    params: TrainParams,
-    info: TaskInfo,
-    device: torch.device,
-) -> tuple[dict[str, Any], list[EpochLog], EpochLog]:
+class Loop:
+    """The per-run objects of fit(): model (DDP-wrapped when distributed), optimiser,
+    schedule, optional EMA, AMP scaler, criterion, data and mixing."""
+
+    def __init__(
+        self, model: nn.Module, train: Side, val: Side, params: TrainParams, job: Job
+    ) -> None:
+        self.params, self.job, self.val = params, job, val
+        self.model = distributed.wrap(model, job.process, job.device)
+        self.pool, self.sampler = balance(train.targets, params, job.info, job.process)
+        self.data = AugmentedSet(
+            train.images, train.targets, train.boxes, build_augment(params), params.seed
+        )
+        self.criterion = build_criterion(params, job.info, train.targets, job.device)
+        self.optimizer = build_optimizer(model, params)
+        self.steps = math.ceil(len(self.sampler) / params.batch_size)
+        self.scheduler = build_scheduler(self.optimizer, params, self.steps)
+        decay = params.ema_decay
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            if decay
+            else None
+        )
+        self.amp = _amp_dtype(job.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
+        self.mix = MixConfig.from_params(params)
+        names = output_names(job.info)
+        self.good = names.index(job.info.good_class) if job.info.task == "multiclass" else None
+
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and saved: the EMA when on, else the model."""
+        return self.ema.module if self.ema is not None else distributed.unwrap(self.model)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": distributed.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),  # dropout draws from torch's global generator
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        distributed.unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+
+    def loader(self, epoch: int) -> DataLoader[Any]:
+        """This rank's batches of the epoch (order from (seed, epoch); augmentation seeded
+        by position, so worker count does not change them)."""
+        self.sampler.set_epoch(epoch)
+        process = self.job.process
+        order = self.pool[torch.tensor(list(self.sampler))]
+        self.data.set_order(epoch, order, process.rank, process.world_size)
+        return DataLoader(
+            self.data,
+            batch_size=self.params.batch_size,
+            collate_fn=collate,
+            num_workers=self.params.num_workers,
+            pin_memory=self.job.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.params.seed),  # not the global RNG
+        )
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _inputs(
+    loop: Loop, batch: tuple[Any, ...], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images and the loss targets of a batch, mixed per params.mix."""
+    images, targets, boxes, labels = batch
+    device, info = loop.job.device, loop.job.info
+    x = normalise(images, device)  # (B, 3, S, S) float, channels_last
+    if loop.mix.mode == "none":
+        return x, targets.to(device, non_blocking=True)
+    soft = soft_targets(targets, info.task, len(output_names(info))).to(device)
+    mixed = mix_batch(x, soft, boxes, labels, info.task, loop.good, loop.mix, generator)
+    return mixed.images.contiguous(memory_format=torch.channels_last), mixed.targets
+
+
+def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[float, torch.Tensor]:
+    """Forward, backward and optimiser step on one batch; returns the loss and the logits."""
+    with torch.autocast(loop.job.device.type, dtype=loop.amp, enabled=loop.amp is not None):
+        logits = loop.model(x)
+        loss = loop.criterion(logits.float(), y)
+    if not math.isfinite(loss.item()):
+        raise DivergedError(
+            f"training loss became {loss.item()} at batch {index}; "
+            f"lower train.lr (now {loop.params.lr})"
+        )
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scaler.scale(loss).backward()
+    if loop.params.grad_clip:
+        loop.scaler.unscale_(loop.optimizer)
+        nn.utils.clip_grad_norm_(loop.model.parameters(), loop.params.grad_clip)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.scheduler.step()
+    if loop.ema is not None:
+        loop.ema.update_parameters(distributed.unwrap(loop.model))
+    return loss.item(), logits.detach().float().cpu()
+
+
+def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
+    """One epoch on this rank's shard; returns the mean loss and the metrics of its batches
+    scored against each image's own (unmixed) label."""
+    loop.model.train()
+    generator = epoch_generator(loop.params.seed + MIX_STREAM, epoch)
+    total, seen, all_logits, all_targets = 0.0, 0, [], []
+    batches = tqdm(
+        loop.loader(epoch),
+        desc=f"epoch {epoch}/{loop.params.epochs}",
+        unit="batch",
+        leave=False,
+        disable=None if loop.job.process.is_main else True,  # None: only on a terminal
+    )
+    for index, batch in enumerate(batches):
+        x, y = _inputs(loop, batch, generator)
+        loss, logits = _step(loop, x, y, index)
+        total, seen = total + loss * len(logits), seen + len(logits)
+        all_logits.append(logits)
+        all_targets.append(batch[1])
+    scores = to_scores(torch.cat(all_logits), loop.job.info.task)
+    return total / max(seen, 1), score_metrics(scores, torch.cat(all_targets), loop.job.info, 0.5)
+
+
+def _epoch_log(loop: Loop, epoch: int, train_loss: float, train: dict[str, Any]) -> EpochLog:
+    """Validate the evaluated weights and put the epoch's figures together."""
+    distributed.sync_buffers(loop.model, loop.job.process)
+    device, val = loop.job.device, loop.val
+    logits = predict_logits(loop.evaluated(), val.images, loop.params.batch_size, device)
+    val_loss = loop.criterion(logits.to(device), val.targets.to(device)).item()
+    metrics = score_metrics(to_scores(logits, loop.job.info.task), val.targets, loop.job.info, 0.5)
+    return EpochLog(
+        epoch=epoch,
+        lr=loop.optimizer.param_groups[0]["lr"],
+        train_loss=round(train_loss, 5),
+        train_accuracy=train["accuracy"],
+        train_macro_f1=train["macro_f1"] or 0.0,
+        val_loss=round(val_loss, 5),
+        val_accuracy=metrics["accuracy"],
+        val_macro_f1=metrics["macro_f1"] or 0.0,
+        val_miss_rate=metrics["miss_rate"],
+        val_overkill_rate=metrics["overkill_rate"],
+        gap=round(train["accuracy"] - metrics["accuracy"], 4),
+    )
+
+
+def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.detach().cpu().clone() for key, value in state.items()}
+
+
+def _resume(loop: Loop) -> tuple[list[EpochLog], tuple[EpochLog, dict[str, Any]] | None, bool]:
+    """History, best (log, weights) and whether training had finished, from the saved state
+    of this same run if there is one; empty otherwise."""
+    job = loop.job
+    state = load_state(job.state_path, job.fingerprint) if job.state_path else None
+    if state is None:
+        return [], None, False
+    loop.restore(state["loop"])
+    history = [EpochLog(**entry) for entry in state["history"]]
+    log.info("resuming after epoch %d from %s", len(history), job.state_path)
+    best = (EpochLog(**state["best_log"]), state["best_state"])
+    return history, best, state["finished"]
+
+
+def _save(loop: Loop, history: list[EpochLog], best: tuple[EpochLog, Any], done: bool) -> None:
+    if loop.job.state_path is None or not loop.job.process.is_main:
+        return
+    state = {
+        "fingerprint": loop.job.fingerprint,
+        "loop": loop.state(),
+        "history": [asdict(entry) for entry in history],
+        "best_log": asdict(best[0]),
+        "best_state": best[1],
+        "finished": done,
+    }
+    save_state(loop.job.state_path, state)
+
+
+def fit(model: nn.Module, train: Side, val: Side, params: TrainParams, job: Job) -> FitResult:
     """Train for up to params.epochs, stopping once params.patience epochs (0: never) bring no
-    improvement of params.monitor; return the best epoch's state dict, the history and that
-    epoch's log."""
-    generator = torch.Generator().manual_seed(params.seed)  # augmentation draws
-    train, sampler = balance(train, params, info)
-    criterion = build_criterion(params, info, train[1], device)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen ones stay out
-    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
-    best: tuple[EpochLog, dict[str, Any]] | None = None
-    history = []
-    for epoch in range(1, params.epochs + 1):
-        started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.int64)
-        train_loss = _train_epoch(
-            model, train, order, params, optimizer, criterion, generator, device
-        )
-        scheduler.step()
-        logits = predict_logits(model, val[0], params.batch_size, device)
-        val_loss = criterion(logits, val[1]).item() if len(logits) else float("nan")
-        metrics = score_metrics(to_scores(logits, info.task), val[1], info, 0.5)
-        f1 = metrics["macro_f1"] or 0.0
-        entry = EpochLog(
-            epoch,
-            round(train_loss, 5),
-            round(val_loss, 5),
-            f1,
-            metrics["miss_rate"],
-        )
+    improvement of params.monitor; resume from job.state_path when it holds this run's state."""
+    loop = Loop(model, train, val, params, job)
+    history, best, done = _resume(loop)
+    resumed_after = len(history)
+    for entry in history:
+        job.on_epoch(entry)  # replay the curves of the epochs run before
+    for epoch in range(len(history) + 1, params.epochs + 1):
+        if done:
+            break
+        train_loss, train_metrics = train_epoch(loop, epoch)
+        entry = _epoch_log(loop, epoch, train_loss, train_metrics)
         history.append(entry)
-        log.info(
-            "epoch %d/%d train_loss %.4f val_loss %.4f val_macro_f1 %.4f miss %s (%.1fs)",
-            epoch,
-            params.epochs,
-            train_loss,
-            val_loss,
-            f1,
-            entry.val_miss_rate,
-            time.perf_counter() - started,
-        )
+        job.on_epoch(entry)
         if best is None or monitored(entry, params.monitor) > monitored(best[0], params.monitor):
-            best = (entry, copy.deepcopy(model.state_dict()))
+            best = (entry, _cpu_copy(loop.evaluated().state_dict()))
         elif params.patience and epoch - best[0].epoch >= params.patience:
             log.info("early stop: no better %s for %d epochs", params.monitor, params.patience)
-            break
+            done = True
+        _save(loop, history, best, done or epoch == params.epochs)
     assert best is not None  # params.epochs >= 1
-    return best[1], history, best[0]
+    weights = sum(float(p.detach().double().sum()) for p in loop.model.parameters())
+    log.info(
+        "rank %d of %d: %d draws per epoch; weights checksum %.10e",
+        job.process.rank,
+        job.process.world_size,
+        len(loop.sampler),
+        weights,
+    )
+    return FitResult(best[1], best[0], history, resumed_after)

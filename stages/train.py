@@ -1,102 +1,158 @@
 """Train stage: fit a torchvision classifier on the train side, select the epoch on val, save it.
 
-The checkpoint holds only tensors and plain values (loadable with weights_only=True): the state
-dict, model name, image size, task, classes, and the train params that produced it.
+Runs as one process, or as a DDP job under `torchrun --nproc_per_node=N -m stages.train ...`.
+Outputs (rank 0): the best model's checkpoint; DVCLive curves per epoch and a summary (the
+best epoch's figures) for `dvc plots` / `dvc exp show`; and, in the state folder, the
+resumable state after the last finished epoch and the decoded-image cache (disk mode).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from dvclive import Live
 
-from pipeline.datasets import decode_stack, output_names, targets
+from pipeline import distributed
+from pipeline.checkpoints import fingerprint, save_model
+from pipeline.datasets import decode_images, output_names, scaled_boxes, targets
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import TaskInfo, read_manifest
-from pipeline.models import build_model, freeze_backbone, pick_device, place_model
+from pipeline.models import (
+    build_model,
+    freeze_backbone,
+    freeze_modules,
+    pick_device,
+    place_model,
+)
 from pipeline.params import TrainParams, load_section
-from pipeline.paths import atomic_output, write_text_atomic
 from pipeline.stagecli import run_stage
-from pipeline.training import EpochLog, fit
+from pipeline.training import EpochLog, FitResult, Job, Side, fit
 
 log = logging.getLogger(__name__)
 
 
 def side(
-    rows: list[dict[str, Any]], name: str, info: TaskInfo, root: Path, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded images (N, 3, S, S) and targets of one side of the split."""
+    rows: list[dict[str, Any]],
+    name: str,
+    info: TaskInfo,
+    root: Path,
+    params: TrainParams,
+    cache: Path,
+) -> Side:
+    """One side of the split decoded at params.image_size (from the cache folder when
+    params.decode_cache is disk), with its targets and boxes."""
     members = [row for row in rows if row["split"] == name]
     if not members:
         raise ApexLoopError(f"the split has no '{name}' images; check the split fractions")
-    return decode_stack(root, members, size), targets(members, info)
+    size = params.image_size
+    images = decode_images(root, members, size, params.decode_cache, cache)
+    return Side(images, targets(members, info), scaled_boxes(members, info, size))
 
 
-def save_checkpoint(path: Path, state: dict[str, Any], params: TrainParams, info: TaskInfo) -> None:
-    """Write the checkpoint atomically."""
-    checkpoint = {
-        "state_dict": state,
-        "model": params.model,
-        "image_size": params.image_size,
-        "task": info.task,
-        "classes": list(info.classes),
-        "good_class": info.good_class,
-        "params": params.model_dump(),
+def _metric_name(field: str) -> str:
+    """EpochLog field -> DVCLive metric: train_loss -> train/loss, gap -> train_val_gap."""
+    if field == "gap":
+        return "train_val_gap"
+    return field.replace("_", "/", 1) if field.startswith(("train_", "val_")) else field
+
+
+def _reporter(live: Live | None, epochs: int) -> Callable[[EpochLog], None]:
+    """Per epoch: one log line, and the curves into DVCLive; only rank 0 has a Live (other
+    ranks' train figures cover their own shard only, so they stay silent)."""
+
+    def report(entry: EpochLog) -> None:
+        if live is None:
+            return
+        log.info(
+            "epoch %d/%d lr %.2e | train loss %.4f acc %.3f | val loss %.4f acc %.3f "
+            "macro-F1 %.3f miss %s overkill %s | gap %.3f",
+            entry.epoch,
+            epochs,
+            entry.lr,
+            entry.train_loss,
+            entry.train_accuracy,
+            entry.val_loss,
+            entry.val_accuracy,
+            entry.val_macro_f1,
+            entry.val_miss_rate,
+            entry.val_overkill_rate,
+            entry.gap,
+        )
+        live.step = entry.epoch
+        for field, value in asdict(entry).items():
+            if field != "epoch" and value is not None:
+                live.log_metric(_metric_name(field), value)
+        live.make_summary()
+
+    return report
+
+
+def _summary(result: FitResult, params: TrainParams, extra: dict[str, Any]) -> dict[str, Any]:
+    best = asdict(result.best)
+    return {
+        "best_epoch": result.best.epoch,
+        "epochs_run": len(result.history),
+        "resumed_after": result.resumed_after,
+        "monitor": params.monitor,
+        "train": {k.removeprefix("train_"): v for k, v in best.items() if k.startswith("train_")},
+        "val": {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")},
+        "train_val_gap": result.best.gap,
+        **extra,
     }
-    with atomic_output(path) as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def _history_csv(history: list[EpochLog]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(asdict(history[0])), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(asdict(entry) for entry in history)
-    return buffer.getvalue()
 
 
 def run(
-    params: TrainParams,
-    root: Path,
-    manifest: Path,
-    model_out: Path,
-    metrics: Path,
-    history_out: Path,
+    params: TrainParams, root: Path, manifest: Path, model_out: Path, live_dir: Path, state: Path
 ) -> dict[str, Any]:
-    """Train, then write the checkpoint, summary metrics and the per-epoch history."""
+    """Train (resuming from `state` when it holds this run's last epoch), then write the
+    checkpoint and the DVCLive summary of the best epoch; returns that summary."""
     started = time.perf_counter()
     rows, info = read_manifest(manifest, "split")
     device = pick_device(params.device)
-    train = side(rows, "train", info, root, params.image_size)
-    val = side(rows, "val", info, root, params.image_size)
-    torch.manual_seed(params.seed)  # weight init and dropout draw from torch's global RNG
-    model = build_model(params.model, len(output_names(info)), params.pretrained, params.dropout)
-    frozen = freeze_backbone(model, params.freeze_fraction)
-    model = place_model(model, device)
-    state, history, best = fit(model, train, val, params, info, device)
-    save_checkpoint(model_out, state, params, info)
-    summary = {
-        "best_epoch": best.epoch,
-        "epochs_run": len(history),
-        "monitor": params.monitor,
-        "val_miss_rate": best.val_miss_rate,
-        "val_macro_f1": best.val_macro_f1,
-        "train_loss": best.train_loss,
-        "val_loss": best.val_loss,
-        "train_images": len(train[0]),
-        "frozen_tensors": frozen,
-        "device": device.type,
-    }
-    write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(history_out, _history_csv(history))
+    process = distributed.start(device)
+    try:
+        train = side(rows, "train", info, root, params, state / "decoded")
+        val = side(rows, "val", info, root, params, state / "decoded")
+        torch.manual_seed(params.seed)  # weight init and dropout draw from torch's global RNG
+        model = build_model(
+            params.model, len(output_names(info)), params.pretrained, params.dropout
+        )
+        frozen = freeze_backbone(model, params.freeze_fraction)
+        frozen += freeze_modules(model, params.freeze_stages)
+        model = place_model(model, device)
+        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False) if process.is_main else None
+        job = Job(
+            info,
+            device,
+            process,
+            state / "last.pt",
+            fingerprint(manifest, params, process.world_size),
+            _reporter(live, params.epochs),
+        )
+        result = fit(model, train, val, params, job)
+        summary = _summary(
+            result,
+            params,
+            {
+                "train_images": len(train.images),
+                "frozen_tensors": frozen,
+                "device": device.type,
+                "processes": process.world_size,
+            },
+        )
+        if live is not None:
+            save_model(model_out, result.state, params, info)
+            live.summary = dict(summary)  # make_summary adds "step" to it
+            live.end()
+    finally:
+        distributed.stop(process)
     log.info("trained in %.1f s: %s", time.perf_counter() - started, summary)
     return summary
 
@@ -107,8 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="dataset folder")
     parser.add_argument("--manifest", type=Path, required=True, help="split manifest")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint out")
-    parser.add_argument("--metrics", type=Path, required=True, help="training summary (JSON)")
-    parser.add_argument("--history", type=Path, required=True, help="per-epoch curves (CSV)")
+    parser.add_argument(
+        "--live", type=Path, required=True, help="DVCLive folder: per-epoch curves and summary"
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        required=True,
+        help="folder kept between runs: resumable state (last.pt) and decoded-image cache",
+    )
     args = parser.parse_args(argv)
     return run_stage(
         lambda: run(
@@ -116,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             args.root,
             args.manifest,
             args.model,
-            args.metrics,
-            args.history,
+            args.live,
+            args.state,
         )
     )
 

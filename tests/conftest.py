@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
 import os
 import re
@@ -98,3 +99,15 @@ def run_pipeline(work: Path, multilabel: bool) -> Path:
 def outputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All five stages run on tiny generated data (60 images), once per test session."""
     return run_pipeline(tmp_path_factory.mktemp("run"), request.param)
+
+
+def read_curves(live: Path) -> dict[str, list[float]]:
+    """DVCLive's per-epoch TSVs under `live` as {metric: values in step order}."""
+    curves = {}
+    for tsv in sorted((live / "plots/metrics").rglob("*.tsv")):
+        with tsv.open() as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        name = tsv.relative_to(live / "plots/metrics").with_suffix("").as_posix()
+        assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1)), name
+        curves[name] = [float(r[tsv.stem]) for r in rows]
+    return curves

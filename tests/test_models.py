@@ -10,7 +10,8 @@ import torch
 from conftest import REPO
 from torch import nn
 
-from pipeline.models import build_model, freeze_backbone
+from pipeline.errors import ApexLoopError
+from pipeline.models import build_model, freeze_backbone, freeze_modules
 from pipeline.params import TrainParams, load_section
 
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
@@ -76,7 +77,36 @@ def test_a_training_step_leaves_frozen_weights_unchanged() -> None:
         assert changed == parameter.requires_grad, name
 
 
+def test_named_stages_freeze_exactly_their_parameters() -> None:
+    model = build_model("resnet18", 2, pretrained=False, dropout=0.0)
+    named = [*model.conv1.parameters(), *model.layer1.parameters()]
+    assert freeze_modules(model, ["conv1", "layer1"]) == len(named)
+    for parameter in model.parameters():
+        assert parameter.requires_grad != any(parameter is p for p in named)
+    mobile = build_model("mobilenet_v2", 2, pretrained=False, dropout=0.0)
+    assert freeze_modules(mobile, ["features.0"]) == len(list(mobile.features[0].parameters()))
+    assert mobile.features[1].conv[0][0].weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("name", "stage", "message"),
+    [
+        ("resnet18", "layer9", r"does not have; its stages are: conv1, bn1, relu, maxpool, layer1"),
+        ("resnet18", "fc", r"'fc' holds the classifier head"),
+        ("mobilenet_v2", "classifier", r"'classifier' holds the classifier head"),
+    ],
+)
+def test_freezing_an_unknown_stage_or_the_head_is_refused(
+    name: str, stage: str, message: str
+) -> None:
+    model = build_model(name, 2, pretrained=False, dropout=0.0)
+    with pytest.raises(ApexLoopError, match=message):
+        freeze_modules(model, [stage])
+
+
 def test_freezing_random_weights_is_refused() -> None:
     params = load_section(REPO / "params.yaml", "train", TrainParams).model_dump()
     with pytest.raises(ValueError, match=r"train\.pretrained: true or train\.freeze_fraction: 0"):
         TrainParams.model_validate({**params, "pretrained": False, "freeze_fraction": 0.5})
+    with pytest.raises(ValueError, match=r"train\.pretrained: true or train\.freeze_stages: \[\]"):
+        TrainParams.model_validate({**params, "pretrained": False, "freeze_stages": ["layer1"]})

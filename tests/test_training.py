@@ -3,7 +3,7 @@ the criterion from params, and the train stage running with every remedy switche
 
 from __future__ import annotations
 
-import csv
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,19 +11,30 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, read_curves
+from torch import nn
 
+from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
 from pipeline.losses import BinaryFocalLoss, FocalLoss, LossConfigError
-from pipeline.manifest import TaskInfo, read_manifest
+from pipeline.manifest import TaskInfo
 from pipeline.params import TrainParams, load_section
 from pipeline.samplers import ShuffleEpochSampler, WeightedEpochSampler
-from pipeline.training import EpochLog, balance, build_criterion, monitored, sample_classes
+from pipeline.training import (
+    EpochLog,
+    balance,
+    build_criterion,
+    build_optimizer,
+    build_scheduler,
+    monitored,
+    sample_classes,
+)
 from stages import train as train_stage
 
 MULTICLASS = TaskInfo("multiclass", ("good", "scratch", "hole"), "good")
 MULTILABEL = TaskInfo("multilabel", ("good", "scratch", "hole"), "good")
 CPU = torch.device("cpu")
+ONE = Process(0, 1)
 
 
 def params(**changes: Any) -> TrainParams:
@@ -32,7 +43,7 @@ def params(**changes: Any) -> TrainParams:
 
 def imbalanced() -> tuple[torch.Tensor, torch.Tensor]:
     """Tiny uint8 images (N, 3, 4, 4), image i filled with value i, and multiclass targets:
-    90 of class 0, then 5 of class 1 and 5 of class 2."""
+    90 of class 0, then 5 of class 1 and 5 of class 2 (rows 95-99)."""
     labels = torch.tensor([0] * 90 + [1] * 5 + [2] * 5, dtype=torch.int64)
     images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
     return images.contiguous(), labels
@@ -45,35 +56,47 @@ def test_sample_classes_of_both_tasks() -> None:
 
 
 def test_defaults_shuffle_every_image_once_per_epoch() -> None:
-    data, sampler = balance(imbalanced(), params(), MULTICLASS)
+    pool, sampler = balance(imbalanced()[1], params(), MULTICLASS, ONE)
     assert isinstance(sampler, ShuffleEpochSampler)
-    assert len(data[0]) == 100
+    assert pool.tolist() == list(range(100))
     sampler.set_epoch(3)
     assert sorted(sampler) == list(range(100))
 
 
-def test_upsampling_repeats_rare_images_with_their_targets() -> None:
-    (images, labels), _ = balance(
-        imbalanced(), params(upsample_target_ratio=0.5, upsample_max_replications=8), MULTICLASS
+def test_upsampling_repeats_rare_images_by_index() -> None:
+    _, labels = imbalanced()
+    pool, sampler = balance(
+        labels, params(upsample_target_ratio=0.5, upsample_max_replications=8), MULTICLASS, ONE
     )
-    counts = Counter(labels.tolist())
-    assert counts == {0: 90, 1: 40, 2: 40}  # 5 images x 8: the cap, short of 0.5 x 90
-    # every repeated image keeps its own target (image i was made for row i's label)
-    rare = [int(img[0, 0, 0]) for img, label in zip(images, labels, strict=True) if label == 2]
-    assert sorted(set(rare)) == [95, 96, 97, 98, 99] and len(rare) == 40
+    assert Counter(labels[pool].tolist()) == {0: 90, 1: 40, 2: 40}  # 5 x 8: the cap
+    assert Counter(pool.tolist())[97] == 8 and len(sampler) == len(pool)
 
 
 def test_weighted_sampler_draws_the_rare_class_far_above_its_share() -> None:
-    data, sampler = balance(
-        imbalanced(), params(sampler="weighted", sampler_mode="inv"), MULTICLASS
-    )
+    _, labels = imbalanced()
+    pool, sampler = balance(labels, params(sampler="weighted", sampler_mode="inv"), MULTICLASS, ONE)
     assert isinstance(sampler, WeightedEpochSampler)
     sampler.set_epoch(1)
-    drawn = [int(data[1][i]) for i in sampler]
+    drawn = labels[pool[list(sampler)]].tolist()
     assert len(drawn) == 100
     # inv weights give each class a third of the draws in expectation (std 4.7 here); its
     # natural share is 5 in 100
     assert 15 <= drawn.count(2) <= 55
+
+
+def test_ranks_draw_disjoint_shards_of_one_weighted_epoch() -> None:
+    _, labels = imbalanced()
+    settings = params(sampler="weighted", sampler_mode="inv")
+    shards = []
+    for rank in range(2):
+        pool, sampler = balance(labels, settings, MULTICLASS, Process(rank, 2))
+        sampler.set_epoch(4)
+        shards.append(pool[list(sampler)].tolist())
+    whole, whole_sampler = balance(labels, settings, MULTICLASS, ONE)
+    whole_sampler.set_epoch(4)
+    assert len(shards[0]) == len(shards[1]) == 50
+    interleaved = [i for pair in zip(*shards, strict=True) for i in pair]
+    assert interleaved == whole[list(whole_sampler)].tolist()
 
 
 def test_class_weights_and_focal_loss_from_params() -> None:
@@ -97,53 +120,67 @@ def test_a_focal_alpha_of_the_wrong_length_names_the_classes() -> None:
         )
 
 
-def test_train_stage_runs_with_every_imbalance_remedy_on(outputs: Path, tmp_path: Path) -> None:
-    remedies = params(
+def _train_on(outputs: Path, work: Path, **changes: Any) -> tuple[dict[str, Any], list[EpochLog]]:
+    """The train stage on the tiny pipeline's split with `changes`; (summary, history read
+    back from the DVCLive curves)."""
+    settings = params(image_size=32, batch_size=16, **changes)
+    split = outputs / "data/interim/split.parquet"
+    summary = train_stage.run(
+        settings, outputs / "raw", split, work / "m.pt", work / "live", work / "state"
+    )
+    curves = read_curves(work / "live")
+    history = [
+        epoch_log(
+            epoch=i + 1,
+            val_macro_f1=curves["val/macro_f1"][i],
+            val_miss_rate=curves["val/miss_rate"][i] if "val/miss_rate" in curves else None,
+        )
+        for i in range(len(curves["val/loss"]))
+    ]
+    return summary, history
+
+
+def epoch_log(**fields: Any) -> EpochLog:
+    """An EpochLog with neutral values except `fields`."""
+    neutral = {name: 0.0 for name in EpochLog.__dataclass_fields__} | {"epoch": 1}
+    return EpochLog(**(neutral | fields))
+
+
+def test_train_stage_runs_with_every_remedy_on(outputs: Path, tmp_path: Path) -> None:
+    summary, history = _train_on(
+        outputs,
+        tmp_path,
         epochs=2,
-        image_size=32,
-        batch_size=16,
         sampler="weighted",
         sampler_mode="effective_num",
         upsample_target_ratio=0.3,
         loss="focal",
         class_weight_damping=0.5,
+        mix="defect_cutmix",
+        mix_prob=1.0,
+        rotate_degrees=10.0,
+        crop_scale_min=0.8,
+        optimizer="sgd",
+        lr=0.01,
+        schedule="onecycle",
+        warmup_epochs=1.0,
+        ema_decay=0.9,
+        decode_cache="disk",
     )
-    summary = train_stage.run(
-        remedies,
-        outputs / "raw",
-        outputs / "data/interim/split.parquet",
-        tmp_path / "model.pt",
-        tmp_path / "train.json",
-        tmp_path / "history.csv",
+    written = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert {k: v for k, v in written.items() if k != "step"} == summary
+    assert summary["epochs_run"] == len(history) == 2
+    curves = read_curves(tmp_path / "live")
+    for name in ("train/loss", "val/loss", "train/accuracy", "val/macro_f1", "train_val_gap", "lr"):
+        assert len(curves[name]) == 2, name
+    assert curves["train_val_gap"] == pytest.approx(
+        [t - v for t, v in zip(curves["train/accuracy"], curves["val/accuracy"], strict=True)],
+        abs=1e-4,
     )
-    assert json.loads((tmp_path / "train.json").read_text()) == summary
-    epochs_logged = (tmp_path / "history.csv").read_text().splitlines()[1:]
-    assert len(epochs_logged) == 2
-    checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert checkpoint["params"]["loss"] == "focal"
+    assert len(list((tmp_path / "state/decoded").glob("*.u8"))) == 2  # train and val sides
+    checkpoint = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert checkpoint["params"]["mix"] == "defect_cutmix"
     assert checkpoint["params"]["sampler"] == "weighted"
-
-
-def _train_on(outputs: Path, work: Path, **changes: Any) -> tuple[dict[str, Any], list[EpochLog]]:
-    """The train stage on the tiny pipeline's split with `changes`; (summary, history)."""
-    settings = params(image_size=32, batch_size=16, **changes)
-    split = outputs / "data/interim/split.parquet"
-    summary = train_stage.run(
-        settings, outputs / "raw", split, work / "m.pt", work / "t.json", work / "h.csv"
-    )
-    with (work / "h.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    history = [
-        EpochLog(
-            int(r["epoch"]),
-            float(r["train_loss"]),
-            float(r["val_loss"]),
-            float(r["val_macro_f1"]),
-            float(r["val_miss_rate"]) if r["val_miss_rate"] else None,
-        )
-        for r in rows
-    ]
-    return summary, history
 
 
 def test_early_stopping_stops_patience_epochs_after_the_last_gain(
@@ -163,18 +200,55 @@ def test_early_stopping_stops_patience_epochs_after_the_last_gain(
 def test_the_best_epoch_is_the_best_by_the_monitored_metric(
     outputs: Path, tmp_path: Path, monitor: str
 ) -> None:
-    _, info = read_manifest(outputs / "data/interim/split.parquet", "split")
     summary, history = _train_on(outputs, tmp_path, epochs=3, lr=0.01, monitor=monitor)
     assert summary["monitor"] == monitor and summary["epochs_run"] == 3
     best = max(history, key=lambda entry: monitored(entry, monitor))
     assert summary["best_epoch"] == min(  # the first of equally good epochs is kept
         e.epoch for e in history if monitored(e, monitor) == monitored(best, monitor)
     )
-    assert info.task in ("multiclass", "multilabel")
 
 
 def test_monitoring_the_miss_rate_without_defects_on_val_is_a_clear_error() -> None:
-    entry = EpochLog(1, 0.5, 0.5, 0.4, None)
+    entry = epoch_log(val_macro_f1=0.4, val_miss_rate=None)
     assert monitored(entry, "macro_f1") == (0.4, 0.0)
     with pytest.raises(ApexLoopError, match="no defective images"):
         monitored(entry, "miss_rate")
+
+
+def learning_rates(settings: TrainParams, steps_per_epoch: int = 10) -> list[float]:
+    """The lr of every optimiser step of a run with `settings`."""
+    optimizer = build_optimizer(nn.Linear(2, 2), settings)
+    scheduler = build_scheduler(optimizer, settings, steps_per_epoch)
+    rates = []
+    for _ in range(settings.epochs * steps_per_epoch):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_cosine_warms_up_linearly_from_a_25th_then_decays_towards_zero() -> None:
+    rates = learning_rates(params(epochs=4, lr=0.1, warmup_epochs=1.0))
+    assert rates[0] == pytest.approx(0.1 / 25)
+    steps = [b - a for a, b in itertools.pairwise(rates[:11])]
+    assert steps == pytest.approx([steps[0]] * 10)  # linear up to the peak at step 10
+    assert rates[10] == pytest.approx(0.1)
+    assert all(b < a for a, b in itertools.pairwise(rates[10:]))
+    assert rates[-1] < 0.1 * 0.01
+
+
+def test_onecycle_peaks_where_the_warm_up_ends() -> None:
+    rates = learning_rates(params(epochs=4, lr=0.1, schedule="onecycle", warmup_epochs=1.0))
+    assert max(range(len(rates)), key=rates.__getitem__) in (9, 10)
+    assert max(rates) == pytest.approx(0.1, rel=0.01)
+    assert rates[-1] < rates[0] < 0.1
+
+
+def test_sgd_has_nesterov_momentum_and_leaves_frozen_parameters_out() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    optimizer = build_optimizer(model, params(optimizer="sgd", momentum=0.9))
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert group["nesterov"] and group["momentum"] == 0.9
+    assert {id(p) for p in group["params"]} == {id(p) for p in model[1].parameters()}

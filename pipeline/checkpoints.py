@@ -1,0 +1,64 @@
+"""Checkpoints: the best model for evaluate and predict, and the resumable training state.
+
+Both hold only tensors and plain values, so they load with torch.load(weights_only=True), and
+both are written atomically (temp file + rename): a killed run leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.manifest import TaskInfo
+from pipeline.params import TrainParams
+from pipeline.paths import atomic_output
+
+log = logging.getLogger(__name__)
+
+
+def save_model(path: Path, state: dict[str, Any], params: TrainParams, info: TaskInfo) -> None:
+    """The model checkpoint: state dict, model name, image size, task, classes and the train
+    params that produced it."""
+    checkpoint = {
+        "state_dict": state,
+        "model": params.model,
+        "image_size": params.image_size,
+        "task": info.task,
+        "classes": list(info.classes),
+        "good_class": info.good_class,
+        "params": params.model_dump(),
+    }
+    with atomic_output(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def fingerprint(manifest: Path, params: TrainParams, world_size: int) -> str:
+    """What a resumable state belongs to: the split manifest's bytes, every train param
+    except the device and worker count, and the number of processes."""
+    settings = params.model_dump(exclude={"device", "num_workers"})
+    digest = hashlib.sha256(manifest.read_bytes())
+    digest.update(json.dumps([settings, world_size], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the training state after an epoch (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, expected: str) -> dict[str, Any] | None:
+    """The state saved at `path` when it belongs to this run (same fingerprint), else None."""
+    if not path.is_file():
+        return None
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != expected:
+        log.info("not resuming: %s belongs to other data or params; starting afresh", path)
+        return None
+    return state

@@ -1,0 +1,117 @@
+"""The train stage as a process: a run killed with SIGKILL resumes and ends exactly as an
+uninterrupted one; two CPU processes under torchrun (DDP, gloo) train one model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, read_curves, write_params
+
+TRAIN = {"epochs": 6, "image_size": 48, "batch_size": 8, "lr": 0.003, "dropout": 0.3}
+
+
+def command(outputs: Path, params: Path, work: Path) -> list[str]:
+    """The train stage's CLI as dvc.yaml runs it, with every output under `work`."""
+    return [
+        "-m",
+        "stages.train",
+        "--params",
+        str(params),
+        "--root",
+        str(outputs / "raw"),
+        "--manifest",
+        str(outputs / "data/interim/split.parquet"),
+        "--model",
+        str(work / "model.pt"),
+        "--live",
+        str(work / "live"),
+        "--state",
+        str(work / "state"),
+    ]
+
+
+def python(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+def kill_after_first_saved_epoch(args: list[str], state: Path) -> None:
+    """Start the stage and SIGKILL it as soon as an epoch's state has been saved."""
+    process = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (state / "last.pt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no epoch saved within 300 s"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("outputs", [False], indirect=True)
+def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(
+    outputs: Path, tmp_path: Path
+) -> None:
+    params = write_params(tmp_path / "params.yaml", train=TRAIN)
+    reference = python(command(outputs, params, tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr
+    args = command(outputs, params, tmp_path / "killed")
+    kill_after_first_saved_epoch(args, tmp_path / "killed/state")
+    saved = torch.load(tmp_path / "killed/state/last.pt", weights_only=True)
+    done = len(saved["history"])
+    assert 1 <= done < TRAIN["epochs"], "the run ended before it was killed; make it longer"
+    assert not (tmp_path / "killed/model.pt").exists()
+    resumed = python(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {done} " in resumed.stderr
+    expected = torch.load(tmp_path / "reference/model.pt", weights_only=True)["state_dict"]
+    actual = torch.load(tmp_path / "killed/model.pt", weights_only=True)["state_dict"]
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    assert read_curves(tmp_path / "killed/live") == read_curves(tmp_path / "reference/live")
+    summary = json.loads((tmp_path / "killed/live/metrics.json").read_text())
+    assert summary["resumed_after"] == done
+
+
+@pytest.mark.parametrize("outputs", [False], indirect=True)
+def test_changed_params_start_afresh_instead_of_resuming(outputs: Path, tmp_path: Path) -> None:
+    args = command(outputs, write_params(tmp_path / "a.yaml", train=TRAIN), tmp_path)
+    assert python(args).returncode == 0
+    changed = {**TRAIN, "lr": 0.001}
+    args = command(outputs, write_params(tmp_path / "b.yaml", train=changed), tmp_path)
+    rerun = python(args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "not resuming" in rerun.stderr and "resuming after" not in rerun.stderr
+
+
+@pytest.mark.parametrize("outputs", [False, True], indirect=True, ids=["multiclass", "multilabel"])
+def test_two_processes_under_torchrun_train_one_model(outputs: Path, tmp_path: Path) -> None:
+    settings = {**TRAIN, "epochs": 2, "sampler": "weighted", "mix": "defect_cutmix"}
+    params = write_params(tmp_path / "params.yaml", train=settings)
+    run = python(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *command(outputs, params, tmp_path),
+        ]
+    )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert summary["processes"] == 2
+    pattern = r"rank (\d) of 2: \d+ draws per epoch; weights checksum (\S+)"
+    ranks = dict(re.findall(pattern, run.stderr))
+    assert set(ranks) == {"0", "1"}, run.stderr
+    assert ranks["0"] == ranks["1"]  # DDP kept the replicas identical
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["params"]["epochs"] == 2
