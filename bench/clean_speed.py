@@ -13,26 +13,16 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cleanvision import Imagelab
-from scratch import run_clean
+from scratch import MAGNETIC, run_clean, run_ingest
 
 from pipeline import synth
 from pipeline.manifest import read_manifest
-from pipeline.params import IngestParams
-from stages import ingest
 
 REPO = Path(__file__).resolve().parents[1]
-MAGNETIC = {
-    "good_class": "MT_Free",
-    "classes": None,
-    "source": "table",
-    "table": "tiles.csv",
-    "masks": "masks",
-    "group_column": "tile",
-    "boxes_column": None,
-}
 
 
 def time_clean(root: Path, work: Path, label: str) -> float:
@@ -43,12 +33,8 @@ def time_clean(root: Path, work: Path, label: str) -> float:
     return time.perf_counter() - started
 
 
-def measure(name: str, root: Path, ingest_changes: dict[str, object], work: Path) -> None:
-    section = yaml.safe_load((REPO / "params.yaml").read_text())["ingest"]
-    ingest.run(
-        IngestParams.model_validate({**section, **ingest_changes, "root": str(root)}),
-        work / "ingest.parquet",
-    )
+def measure(name: str, root: Path, ingest_changes: dict[str, Any], work: Path) -> None:
+    run_ingest(root, ingest_changes, work / "ingest.parquet")
     rows, _ = read_manifest(work / "ingest.parquet", "images")
     n = len(rows)
     without = time_clean(root, work, "off")

@@ -1,12 +1,33 @@
-"""Shared by the bench scripts: run the clean stage with all outputs in a scratch folder."""
+"""Shared by the bench scripts: magnetic_tile's ingest settings, and running the ingest and
+clean stages with all outputs in a scratch folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import CleanParams
-from stages import clean
+import yaml
+
+from pipeline.params import CleanParams, IngestParams
+from stages import clean, ingest
+
+REPO = Path(__file__).resolve().parents[1]
+MAGNETIC: dict[str, Any] = {  # ../shared/datasets/magnetic_tile as an ingest params change
+    "good_class": "MT_Free",
+    "classes": None,
+    "source": "table",
+    "table": "tiles.csv",
+    "masks": "masks",
+    "group_column": "tile",
+    "boxes_column": None,
+}
+
+
+def run_ingest(root: Path, changes: dict[str, Any], manifest: Path) -> list[dict[str, Any]]:
+    """ingest.run on `root` with params.yaml's ingest section updated by `changes`."""
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["ingest"]
+    params = IngestParams.model_validate({**section, **changes, "root": str(root)})
+    return ingest.run(params, manifest)
 
 
 def run_clean(settings: dict[str, Any], root: Path, work: Path) -> dict[str, Any]:

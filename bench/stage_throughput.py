@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import yaml
+from scratch import run_clean
 
 from pipeline import synth
-from pipeline.params import CleanParams, IngestParams
-from stages import clean, ingest
+from pipeline.params import IngestParams
+from stages import ingest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,18 +63,8 @@ def main() -> None:
         print(
             f"ingest   {seconds:7.2f} s  {len(rows) / seconds:8.1f} images/s  ({len(rows)} images)"
         )
-        clean_params = CleanParams.model_validate(
-            yaml.safe_load((REPO / "params.yaml").read_text())["clean"]
-        )
         started = time.perf_counter()
-        clean.run(
-            clean_params,
-            root,
-            work / "ingest.parquet",
-            work / "clean.parquet",
-            work / "issues.parquet",
-            work / "clean.json",
-        )
+        run_clean(yaml.safe_load((REPO / "params.yaml").read_text())["clean"], root, work)
         seconds = time.perf_counter() - started
         print(f"clean    {seconds:7.2f} s  {len(rows) / seconds:8.1f} images/s")
 
