@@ -383,6 +383,8 @@ def _save(loop: Loop, history: list[EpochLog], best: tuple[EpochLog, Any], done:
         return
     state = {
         "fingerprint": loop.job.fingerprint,
+        "params": loop.params.model_dump(),
+        "classes": list(loop.job.info.classes),
         "loop": loop.state(),
         "history": [asdict(entry) for entry in history],
         "best_log": asdict(best[0]),

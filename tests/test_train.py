@@ -69,6 +69,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(
     kill_after_first_saved_epoch(args, tmp_path / "killed/state")
     saved = torch.load(tmp_path / "killed/state/last.pt", weights_only=True)
     done = len(saved["history"])
+    assert saved["params"]["epochs"] == TRAIN["epochs"] and saved["classes"]  # self-describing
     assert 1 <= done < TRAIN["epochs"], "the run ended before it was killed; make it longer"
     assert not (tmp_path / "killed/model.pt").exists()
     resumed = python(args)
