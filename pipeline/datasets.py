@@ -29,13 +29,20 @@ from pipeline.transforms import augment
 logger = logging.getLogger(__name__)
 
 
-def decode_stack(root: Path, rows: Sequence[dict[str, Any]], size: int) -> torch.Tensor:
-    """uint8 (N, 3, size, size) of the rows' images, in row order."""
-    stack = np.empty((len(rows), size, size, 3), dtype=np.uint8)  # (N, H, W, C)
+def _decode_into(stack: np.ndarray, root: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Decode row i's image into stack[i] (stack: uint8 (N, 3, S, S), in RAM or a memmap)."""
+    size = stack.shape[2]
     for index, row in enumerate(rows):
         path = resolve_inside(root, row["path"])
-        stack[index] = load_rgb(path, size, row["width"] * row["height"])
-    return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+        pixels = load_rgb(path, size, row["width"] * row["height"])  # (H, W, C)
+        stack[index] = pixels.transpose(2, 0, 1)  # (C, H, W)
+
+
+def decode_stack(root: Path, rows: Sequence[dict[str, Any]], size: int) -> torch.Tensor:
+    """uint8 (N, 3, size, size) of the rows' images, in row order."""
+    stack = np.empty((len(rows), 3, size, size), dtype=np.uint8)
+    _decode_into(stack, root, rows)
+    return torch.from_numpy(stack)
 
 
 def output_names(info: TaskInfo) -> tuple[str, ...]:
@@ -127,10 +134,7 @@ def _decode_to_file(root: Path, rows: Sequence[dict[str, Any]], size: int, path:
     logger.info("decoding %d images at %dx%d into %s", len(rows), size, size, path)
     with atomic_output(path) as tmp:
         stack = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(rows), 3, size, size))
-        for index, row in enumerate(rows):
-            source = resolve_inside(root, row["path"])
-            pixels = load_rgb(source, size, row["width"] * row["height"])  # (H, W, C)
-            stack[index] = pixels.transpose(2, 0, 1)  # (C, H, W)
+        _decode_into(stack, root, rows)
         stack.flush()
         del stack  # unmap before the rename
 

@@ -402,9 +402,9 @@ def fit(model: nn.Module, train: Side, val: Side, params: TrainParams, job: Job)
     resumed_after = len(history)
     for entry in history:
         job.on_epoch(entry)  # replay the curves of the epochs run before
-    for epoch in range(len(history) + 1, params.epochs + 1):
-        if done:
-            break
+    epoch = len(history)
+    while not done and epoch < params.epochs:
+        epoch += 1
         train_loss, train_metrics = train_epoch(loop, epoch)
         entry = _epoch_log(loop, epoch, train_loss, train_metrics)
         history.append(entry)

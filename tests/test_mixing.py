@@ -64,19 +64,9 @@ def make_batch(
     good_index: int | None,
     labels: list[set[int]],
     boxes: list[list[Box]],
+    shape: tuple[int, int, int] = (3, 16, 16),
 ) -> Batch:
-    """A batch of constant 3 x 16 x 16 images."""
-    return make_sized_batch(task, n_outputs, good_index, labels, boxes, (3, 16, 16))
-
-
-def make_sized_batch(
-    task: str,
-    n_outputs: int,
-    good_index: int | None,
-    labels: list[set[int]],
-    boxes: list[list[Box]],
-    shape: tuple[int, int, int],
-) -> Batch:
+    """A batch of constant images of `shape` (C, H, W)."""
     count = len(labels)
     images = torch.arange(1, count + 1, dtype=torch.float32).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
     images = images.expand(count, *shape).clone()  # (B, C, H, W)
@@ -120,7 +110,7 @@ def batches(draw: st.DrawFn, task: str | None = None) -> Batch:
             [b for label in sorted(defects) for b in draw(boxes_for(label, height, width))]
         )
     shape = (channels, height, width)
-    return make_sized_batch(task, n_outputs, good, labels, boxes, shape)
+    return make_batch(task, n_outputs, good, labels, boxes, shape)
 
 
 @st.composite
