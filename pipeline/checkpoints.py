@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from pipeline.datasets import output_names
+from pipeline.errors import ApexLoopError
 from pipeline.manifest import TaskInfo
+from pipeline.models import build_model
 from pipeline.params import TrainParams
 from pipeline.paths import atomic_output
 
@@ -35,6 +39,30 @@ def save_model(path: Path, state: dict[str, Any], params: TrainParams, info: Tas
     }
     with atomic_output(path) as tmp:
         torch.save(checkpoint, tmp)
+
+
+def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module, int, TaskInfo]:
+    """Rebuild a checkpoint's model (weights_only load) in eval mode on the CPU.
+
+    Returns the model, its input image size and the task it was trained for; with `expected`,
+    a checkpoint trained for another task or other classes is an error.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        info = TaskInfo(checkpoint["task"], tuple(checkpoint["classes"]), checkpoint["good_class"])
+    except (OSError, RuntimeError, KeyError, EOFError) as exc:
+        raise ApexLoopError(f"{path}: cannot load checkpoint ({exc!r}); rerun train") from None
+    if expected is not None and info != expected:
+        raise ApexLoopError(
+            f"{path}: trained for {info.task} {list(info.classes)}, but the manifest is "
+            f"{expected.task} {list(expected.classes)}; rerun train"
+        )
+    model = build_model(
+        checkpoint["model"], len(output_names(info)), pretrained=False, dropout=0.0
+    )  # dropout is inactive in eval mode; the head layout is the same
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return model, int(checkpoint["image_size"]), info
 
 
 def fingerprint(manifest: Path, params: TrainParams, world_size: int) -> str:

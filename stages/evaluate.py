@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from pipeline.checkpoints import load_model
 from pipeline.datasets import decode_stack, output_names, targets
-from pipeline.errors import ApexLoopError
 from pipeline.inference import predict_logits, score_metrics, to_scores
 from pipeline.manifest import TaskInfo, read_manifest
-from pipeline.models import build_model, pick_device, place_model
+from pipeline.models import pick_device, place_model
 from pipeline.params import EvaluateParams, load_section
 from pipeline.paths import write_text_atomic
 from pipeline.plots import confusion_matrix_png
@@ -30,24 +29,6 @@ from pipeline.stagecli import run_stage
 
 log = logging.getLogger(__name__)
 SIDES = ("val", "test")
-
-
-def load_model(path: Path, info: TaskInfo) -> tuple[torch.nn.Module, int]:
-    """Rebuild the checkpoint's model (weights_only load) and check it fits this task."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise ApexLoopError(f"{path}: cannot load checkpoint ({exc}); rerun train") from None
-    if tuple(checkpoint["classes"]) != info.classes or checkpoint["task"] != info.task:
-        raise ApexLoopError(
-            f"{path}: trained for {checkpoint['task']} {checkpoint['classes']}, but the manifest "
-            f"is {info.task} {list(info.classes)}; rerun train"
-        )
-    model = build_model(
-        checkpoint["model"], len(output_names(info)), pretrained=False, dropout=0.0
-    )  # dropout is inactive in eval mode; the head layout is the same
-    model.load_state_dict(checkpoint["state_dict"])
-    return model, int(checkpoint["image_size"])
 
 
 def decisions(scores: np.ndarray, info: TaskInfo, threshold: float) -> list[str]:
@@ -104,7 +85,7 @@ def run(
 ) -> dict[str, Any]:
     """Score val and test; write metrics, test predictions and the test confusion matrix."""
     rows, info = read_manifest(manifest, "split")
-    model, size = load_model(model_path, info)
+    model, size, _ = load_model(model_path, info)
     device = pick_device("auto")
     place_model(model, device)
     results: dict[str, Any] = {}
