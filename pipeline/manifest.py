@@ -95,6 +95,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("fold", pa.int32()),  # with split.folds: the row's fold; null for test
         ]
     ),
+    # evaluate output: val and test images with the model's scores and decisions
+    "predictions": pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("labels", pa.list_(pa.string()), nullable=False),
+            # one score per model output, in output order: every class (multiclass; softmax)
+            # or every defect class (multilabel; sigmoid), as the metadata's classes list them
+            pa.field("scores", pa.list_(pa.float32()), nullable=False),
+            pa.field("predicted", pa.string(), nullable=False),  # as trained (argmax / 0.5)
+            pa.field("decision", pa.string(), nullable=False),  # at the operating point
+        ]
+    ),
 }
 
 

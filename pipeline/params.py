@@ -230,10 +230,16 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    """How predictions are turned into decisions and metrics."""
+    """How predictions are turned into decisions, the operating point and metrics."""
 
     batch_size: int = Field(ge=1, le=4096)
     multilabel_threshold: float = Field(gt=0, lt=1)
+    max_miss_rate: float = Field(ge=0, lt=1)
+    multilabel_rule: Literal["f1", "recall"]
+    multilabel_min_recall: float = Field(gt=0, le=1)
+    bootstrap_resamples: int = Field(ge=0, le=100_000)
+    min_class_accuracy: float = Field(ge=0, le=1)
+    seed: int
 
 
 class Params(_Section):

@@ -1,122 +1,138 @@
-"""Evaluate stage: score the saved model on val and test; metrics JSON, predictions, confusion plot.
+"""Evaluate stage: score the saved model on train, val and test; choose the operating point on
+val and apply it to test; write metrics, predictions, thresholds, plot data and figures.
 
-Multiclass decisions are the argmax class; multilabel decisions are the defects whose score
-reaches evaluate.multilabel_threshold. Miss rate counts defective images called good; overkill
-counts good images called defective.
+Multiclass "as trained" decisions are the argmax class; multilabel ones are the defects whose
+score reaches evaluate.multilabel_threshold. The operating point (pipeline.operating) is what
+`apexloop predict` applies. Miss rate counts defective images called good; overkill counts good
+images called defective.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.checkpoints import load_model
-from pipeline.datasets import decode_stack, output_names, targets
-from pipeline.inference import predict_logits, score_metrics, to_scores
-from pipeline.manifest import TaskInfo, read_manifest
+from pipeline.evaluation import (
+    Scored,
+    build_metrics,
+    choose_thresholds,
+    class_curves,
+    confusion_rows,
+    prediction_rows,
+    score_side,
+)
+from pipeline.manifest import read_manifest, write_manifest
 from pipeline.models import pick_device, place_model
+from pipeline.operating import Thresholds, tradeoff_curve
 from pipeline.params import EvaluateParams, load_section
 from pipeline.paths import write_text_atomic
-from pipeline.plots import confusion_matrix_png
+from pipeline.plots import confusion_matrix_png, curves_png, tradeoff_png
 from pipeline.stagecli import run_stage
 
 log = logging.getLogger(__name__)
-SIDES = ("val", "test")
+SIDES = ("train", "val", "test")
 
 
-def decisions(scores: np.ndarray, info: TaskInfo, threshold: float) -> list[str]:
-    """One readable decision per image: the class, or the defects joined by '+' (or good)."""
-    names = output_names(info)
-    if info.task == "multiclass":
-        return [names[i] for i in scores.argmax(axis=1)]
-    return [
-        "+".join(n for n, hit in zip(names, row >= threshold, strict=True) if hit)
-        or info.good_class
-        for row in scores
-    ]
+def _json(rows: Sequence[dict[str, Any]]) -> str:
+    """Plot data as a JSON list of records (numbers stay numbers for the Vega templates)."""
+    return json.dumps(list(rows), indent=0) + "\n"
 
 
-def truths(rows: list[dict[str, Any]], info: TaskInfo) -> list[str]:
-    """The same readable form for the true labels."""
-    if info.task == "multiclass":
-        return [row["label"] for row in rows]
-    return ["+".join(row["labels"]) or info.good_class for row in rows]
-
-
-def confusion(
-    actual: list[str], predicted: list[str], info: TaskInfo
-) -> tuple[np.ndarray, list[str]]:
-    """Count matrix over classes (multiclass) or good/defective (multilabel)."""
-    if info.task == "multiclass":
-        names = list(info.classes)
-    else:
-        names = [info.good_class, "defective"]
-        actual = [a if a == info.good_class else "defective" for a in actual]
-        predicted = [p if p == info.good_class else "defective" for p in predicted]
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-    for a, p in zip(actual, predicted, strict=True):
-        matrix[names.index(a), names.index(p)] += 1
-    return matrix, names
-
-
-def _predictions_csv(rows: list[dict[str, Any]], actual: list[str], predicted: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "actual", "predicted"])
-    writer.writerows(zip([row["path"] for row in rows], actual, predicted, strict=True))
-    return buffer.getvalue()
+def write_plots(
+    sides: dict[str, Scored], thresholds: Thresholds, plots: Path, figures: Path
+) -> None:
+    """Plot data for `dvc plots` (JSON) and the same plots as PNG for people: test confusion at
+    the operating point, test PR and ROC per class, the val miss-vs-overkill trade-off."""
+    val, test = sides["val"], sides["test"]
+    confusion = confusion_rows(test, thresholds.decide(test.scores))
+    write_text_atomic(plots / "confusion.json", _json(confusion))
+    names = list(dict.fromkeys(row["actual"] for row in confusion))
+    matrix = [[row["count"] for row in confusion if row["actual"] == a] for a in names]
+    confusion_matrix_png(np.array(matrix), names, figures / "confusion.png", "test, operating")
+    curves = class_curves(test)
+    for kind, (x, y) in {"pr": ("recall", "precision"), "roc": ("fpr", "tpr")}.items():
+        rows = [
+            {"class": name, "point": i, x: round(float(a), 5), y: round(float(b), 5)}
+            for name, (xs, ys) in curves[kind].items()
+            for i, (a, b) in enumerate(zip(xs, ys, strict=True))
+        ]
+        write_text_atomic(plots / f"{kind}.json", _json(rows))
+        curves_png(curves[kind], figures / f"{kind}.png", f"test {kind.upper()} per class", (x, y))
+    trade = tradeoff_curve(val.good_scores, val.is_defective)
+    write_text_atomic(plots / "tradeoff.json", _json(trade))
+    chosen = None
+    if thresholds.rule == "max_miss_rate":
+        chosen = (
+            float(str(thresholds.val["overkill_rate"])),
+            float(str(thresholds.val["miss_rate"])),
+        )
+    overkill = np.array([point["overkill_rate"] for point in trade])
+    tradeoff_png(
+        overkill,
+        np.array([point["miss_rate"] for point in trade]),
+        chosen,
+        figures / "tradeoff.png",
+    )
 
 
 def run(
-    params: EvaluateParams,
-    root: Path,
-    manifest: Path,
-    model_path: Path,
-    metrics: Path,
-    predictions: Path,
-    confusion_png: Path,
+    params: EvaluateParams, root: Path, manifest: Path, model_path: Path, out: dict[str, Path]
 ) -> dict[str, Any]:
-    """Score val and test; write metrics, test predictions and the test confusion matrix."""
+    """Score every side, choose the operating point on val, write every output in `out`
+    (metrics, predictions, thresholds, plots, figures); returns the metrics."""
     rows, info = read_manifest(manifest, "split")
     model, size, _ = load_model(model_path, info)
     device = pick_device("auto")
     place_model(model, device)
-    results: dict[str, Any] = {}
-    for name in SIDES:
-        members = [row for row in rows if row["split"] == name]
-        logits = predict_logits(model, decode_stack(root, members, size), params.batch_size, device)
-        scores = to_scores(logits, info.task)
-        results[name] = score_metrics(
-            scores, targets(members, info), info, params.multilabel_threshold
+    sides = {
+        name: score_side(
+            model,
+            root,
+            [r for r in rows if r["split"] == name],
+            info,
+            (size, params.batch_size, device),
         )
-        if name == "test":
-            actual, predicted = (
-                truths(members, info),
-                decisions(scores, info, params.multilabel_threshold),
-            )
-    write_text_atomic(metrics, json.dumps(results, indent=2) + "\n")
-    write_text_atomic(
-        predictions,
-        _predictions_csv([row for row in rows if row["split"] == "test"], actual, predicted),
-    )
-    matrix, names = confusion(actual, predicted, info)
-    confusion_matrix_png(matrix, names, confusion_png, "test confusion matrix")
-    test = results["test"]
+        for name in SIDES
+    }
+    thresholds = choose_thresholds(sides["val"], params)
+    metrics = build_metrics(sides, thresholds, params)
+    predictions = [
+        row for name in ("val", "test") for row in prediction_rows(sides[name], thresholds, params)
+    ]
+    write_manifest(out["predictions"], predictions, "predictions", info)
+    write_plots(sides, thresholds, out["plots"], out["figures"])
+    thresholds.save(out["thresholds"])
+    write_text_atomic(out["metrics"], json.dumps(metrics, indent=2) + "\n")
+    test = metrics["operating"]["test"]
     log.info(
-        "test accuracy %.4f macro_f1 %s miss %s overkill %s",
-        test["accuracy"],
-        test["macro_f1"],
+        "test at the operating point (%s %s): miss %s [%s, %s] overkill %s [%s, %s] macro-F1 %s",
+        thresholds.rule,
+        thresholds.good_threshold,
         test["miss_rate"],
+        test.get("miss_rate_low"),
+        test.get("miss_rate_high"),
         test["overkill_rate"],
+        test.get("overkill_rate_low"),
+        test.get("overkill_rate_high"),
+        test["macro_f1"],
     )
-    return results
+    return metrics
+
+
+OUTPUTS = {
+    "metrics": "metrics JSON out",
+    "predictions": "val + test predictions manifest (parquet) out",
+    "thresholds": "operating-point thresholds JSON out (apexloop predict reads it)",
+    "plots": "folder out: plot data CSVs for dvc plots",
+    "figures": "folder out: the same plots as PNG",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="dataset folder")
     parser.add_argument("--manifest", type=Path, required=True, help="split manifest")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint")
-    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON out")
-    parser.add_argument("--predictions", type=Path, required=True, help="test predictions CSV")
-    parser.add_argument("--confusion", type=Path, required=True, help="confusion matrix PNG")
+    for name, help_text in OUTPUTS.items():
+        parser.add_argument(f"--{name}", type=Path, required=True, help=help_text)
     args = parser.parse_args(argv)
     return run_stage(
         lambda: run(
@@ -135,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             args.root,
             args.manifest,
             args.model,
-            args.metrics,
-            args.predictions,
-            args.confusion,
+            {name: getattr(args, name) for name in OUTPUTS},
         )
     )
 

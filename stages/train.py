@@ -32,6 +32,7 @@ from pipeline.models import (
     place_model,
 )
 from pipeline.params import TrainParams, load_section
+from pipeline.plots import training_curves_png
 from pipeline.stagecli import run_stage
 from pipeline.training import EpochLog, FitResult, Job, Side, fit
 
@@ -149,6 +150,7 @@ def run(
         )
         if live is not None:
             save_model(model_out, result.state, params, info)
+            training_curves_png([asdict(log) for log in result.history], live_dir / "curves.png")
             live.summary = dict(summary)  # make_summary adds "step" to it
             live.end()
     finally:

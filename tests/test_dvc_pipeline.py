@@ -22,6 +22,7 @@ PROJECT_FILES = [
     ".gitignore",
     ".dvc/config",
     ".dvc/.gitignore",
+    ".dvc/plots",
     "data/overrides.csv",
     "pipeline",
     "stages",
@@ -73,14 +74,26 @@ def test_repro_runs_every_stage_and_writes_outputs(project: Path) -> None:
     rows, info = read_manifest(project / "data/interim/split.parquet", "split")
     assert {row["split"] for row in rows} == {"train", "val", "test"}
     assert info.good_class == "good"
-    metrics = json.loads((project / "reports/evaluate.json").read_text())
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
     test = metrics["test"]
     assert test["images"] == sum(row["split"] == "test" for row in rows)
     assert {"accuracy", "macro_f1", "miss_rate", "overkill_rate", "per_class"} <= set(test)
     assert (project / "models/model.pt").stat().st_size > 0
-    assert (project / "reports/confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (project / "reports/evaluate/figures/confusion.png").read_bytes()[:4] == b"\x89PNG"
     shown = sh(project, "dvc", "metrics", "show", "--json").stdout
     assert "miss_rate" in shown and "overkill_rate" in shown
+
+
+def test_every_plot_renders(project: Path) -> None:
+    shown = json.loads(sh(project, "dvc", "plots", "show", "--json").stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    plots = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    names = [p if isinstance(p, str) else next(iter(p)) for p in plots]
+    assert set(names) <= set(shown["data"])
+    confusion = shown["data"]["test confusion (operating point)"][0]["content"]
+    counts = {(d["actual"], d["predicted"]): d["count"] for d in confusion["data"]["values"]}
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    assert sum(counts.values()) == metrics["test"]["images"]
 
 
 def test_second_repro_changes_nothing(project: Path) -> None:

@@ -14,6 +14,18 @@ from conftest import render
 from pipeline.params import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
+# `dvc plots templates` of DVC 3.67
+BUILT_IN_TEMPLATES = {
+    "simple",
+    "linear",
+    "confusion",
+    "confusion_normalized",
+    "scatter",
+    "scatter_jitter",
+    "smooth",
+    "bar_horizontal_sorted",
+    "bar_horizontal",
+}
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = load_params(REPO / "params.yaml")
 STAGES = DVC["stages"]
@@ -93,6 +105,12 @@ def test_plots_point_at_stage_outputs() -> None:
         for file in files:
             assert any(under(file, o) for o in outputs), f"plot {file} is no stage's output"
     assert any(
-        isinstance(p, dict) and next(iter(p.values())).get("template") == "confusion"
+        isinstance(p, dict) and next(iter(p.values())).get("template") == "confusion_counts"
         for p in DVC["plots"]
     )
+    # custom templates are files in .dvc/plots/
+    templates = [
+        next(iter(p.values())).get("template") for p in DVC["plots"] if isinstance(p, dict)
+    ]
+    for template in set(templates) - BUILT_IN_TEMPLATES - {None}:
+        assert (REPO / ".dvc/plots" / f"{template}.json").is_file(), template

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.metrics import multiclass_metrics, multilabel_metrics
+from pipeline.metrics import multiclass_metrics, multilabel_metrics, score_statistics
 
 
 def _scores(precision: float, recall: float, f1: float, support: int) -> dict[str, Any]:
@@ -37,6 +37,11 @@ def test_multiclass_hand_worked_case() -> None:
         "hole": _scores(2 / 3, 1.0, 0.8, 2),
     }
     assert result["macro_f1"] == pytest.approx((0.75 + 0.4 + 0.8) / 3, abs=1e-4)
+    assert result["weighted_f1"] == pytest.approx((0.75 * 4 + 0.4 * 3 + 0.8 * 2) / 9, abs=1e-4)
+    assert result["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 3 + 1) / 3, abs=1e-4)
+    # #6 (scratch called hole) is rejected, but as the wrong defect: 1 of 5 defective images.
+    assert result["defect_confusion_rate"] == pytest.approx(1 / 5, abs=1e-4)
+    assert result["low_accuracy_classes"] == "scratch"  # recall 1/3 < 0.6; good 0.75, hole 1.0
 
 
 def test_multiclass_good_class_need_not_be_first() -> None:
@@ -110,6 +115,11 @@ def test_multilabel_hand_worked_case() -> None:
     assert result["per_class"]["hole"] == _scores(1.0, 2 / 3, 0.8, 3)
     assert result["per_class"]["crack"]["support"] == 0
     assert result["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2, abs=1e-4)
+    # #5 is rejected with the wrong set (scratch+hole for hole); #4's miss is not a confusion.
+    assert result["defect_confusion_rate"] == pytest.approx(1 / 4, abs=1e-4)
+    assert result["low_accuracy_classes"] == ""  # crack has no support; the others >= 2/3
+    strict = multilabel_metrics(true_hot, pred_hot, defects, min_class_accuracy=0.7)
+    assert strict["low_accuracy_classes"] == "hole"
 
 
 def test_multilabel_all_good_has_no_macro_f1_and_no_miss_rate() -> None:
@@ -136,3 +146,17 @@ def test_empty_input_scores_nothing() -> None:
     assert result["images"] == 0
     assert result["macro_f1"] is None
     assert (result["miss_rate"], result["overkill_rate"]) == (None, None)
+
+
+def test_score_statistics_call_out_a_class_never_predicted() -> None:
+    scores = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    predicted = np.eye(3, dtype=bool)[scores.argmax(axis=1)]
+    stats = score_statistics(scores, predicted, ["good", "scratch", "hole"])
+    assert stats["never_predicted"] == "hole"
+    assert stats["per_class"]["good"] == {
+        "score_mean": pytest.approx(1.7 / 3, abs=1e-4),
+        "score_min": 0.2,
+        "score_max": 0.9,
+        "predicted": 2,
+    }
+    assert stats["per_class"]["hole"]["score_max"] == pytest.approx(0.1)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import read_curves
 
 from pipeline.datasets import output_names
 from pipeline.manifest import read_manifest
 from pipeline.models import WeightsMissingError, build_model
+from pipeline.operating import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
@@ -29,20 +32,68 @@ def test_checkpoint_loads_safely_and_carries_its_params(outputs: Path) -> None:
     assert len(read_curves(outputs / "reports/train")["val/macro_f1"]) == 1  # one epoch logged
 
 
-def test_evaluate_metrics_agree_with_the_predictions_file(outputs: Path) -> None:
+def _rates(rows: list[dict[str, Any]], column: str, good: str) -> tuple[float | None, ...]:
+    """(miss, overkill) of the predictions manifest's `column` decisions, by hand."""
+    defective = [r for r in rows if (r["label"] or "+".join(r["labels"]) or good) != good]
+    goods = [r for r in rows if r not in defective]
+    missed = sum(r[column] == good for r in defective)
+    killed = sum(r[column] != good for r in goods)
+    return (
+        round(missed / len(defective), 4) if defective else None,
+        round(killed / len(goods), 4) if goods else None,
+    )
+
+
+def test_evaluate_metrics_agree_with_the_predictions_manifest(outputs: Path) -> None:
     rows, info = read_manifest(outputs / "data/interim/split.parquet", "split")
-    predictions = list(csv.DictReader((outputs / "reports/test_predictions.csv").open()))
-    assert [p["path"] for p in predictions] == [r["path"] for r in rows if r["split"] == "test"]
-    test = json.loads((outputs / "reports/evaluate.json").read_text())["test"]
-    good = info.good_class
-    defective = [p for p in predictions if p["actual"] != good]
-    missed = sum(p["predicted"] == good for p in defective)
-    assert test["miss_rate"] == (round(missed / len(defective), 4) if defective else None)
-    goods = [p for p in predictions if p["actual"] == good]
-    overkill = sum(p["predicted"] != good for p in goods)
-    assert test["overkill_rate"] == (round(overkill / len(goods), 4) if goods else None)
-    assert set(test["per_class"]) == set(output_names(info))
-    assert (outputs / "reports/confusion.png").read_bytes()[:4] == b"\x89PNG"
+    predictions, meta = read_manifest(outputs / "data/processed/predictions.parquet", "predictions")
+    assert meta == info
+    assert [p["path"] for p in predictions] == [
+        r["path"] for side in ("val", "test") for r in rows if r["split"] == side
+    ]
+    assert all(len(p["scores"]) == len(output_names(info)) for p in predictions)
+    metrics = json.loads((outputs / "reports/evaluate/metrics.json").read_text())
+    test_rows = [p for p in predictions if p["split"] == "test"]
+    as_trained, operating = metrics["test"], metrics["operating"]["test"]
+    assert (as_trained["miss_rate"], as_trained["overkill_rate"]) == _rates(
+        test_rows, "predicted", info.good_class
+    )
+    assert (operating["miss_rate"], operating["overkill_rate"]) == _rates(
+        test_rows, "decision", info.good_class
+    )
+    for rate in ("miss_rate", "overkill_rate"):
+        if operating[rate] is not None:
+            assert operating[f"{rate}_low"] <= operating[rate] <= operating[f"{rate}_high"]
+    assert set(as_trained["per_class"]) == set(output_names(info))
+    gap = metrics["train_val_gap"]["accuracy"]
+    assert gap == round(metrics["train"]["accuracy"] - metrics["val"]["accuracy"], 4)
+
+
+def test_predict_thresholds_reproduce_the_manifest_decisions(outputs: Path) -> None:
+    predictions, info = read_manifest(outputs / "data/processed/predictions.parquet", "predictions")
+    thresholds = Thresholds.load(outputs / "models/thresholds.json")
+    scores = np.array([p["scores"] for p in predictions])
+    assert thresholds.decide(scores) == [p["decision"] for p in predictions]
+    val = [p for p in predictions if p["split"] == "val"]
+    if thresholds.rule == "max_miss_rate":  # the val miss rate respects the limit
+        params = yaml.safe_load((outputs / "params.yaml").read_text())["evaluate"]
+        miss, _ = _rates(val, "decision", info.good_class)
+        assert miss is not None and miss <= params["max_miss_rate"]
+    if info.task == "multilabel":
+        assert set(thresholds.per_class) == set(info.defect_classes)
+
+
+def test_evaluate_writes_plot_data_and_figures(outputs: Path) -> None:
+    _rows, info = read_manifest(outputs / "data/interim/split.parquet", "split")
+    metrics = json.loads((outputs / "reports/evaluate/metrics.json").read_text())
+    confusion = json.loads((outputs / "reports/evaluate/plots/confusion.json").read_text())
+    names = info.classes if info.task == "multiclass" else (info.good_class, "defective")
+    assert len(confusion) == len(names) ** 2  # aggregated: one row per pair, not per image
+    assert sum(int(row["count"]) for row in confusion) == metrics["test"]["images"]
+    for name in ("confusion", "pr", "roc", "tradeoff"):
+        png = outputs / f"reports/evaluate/figures/{name}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", name
+    assert (outputs / "reports/train/curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_missing_pretrained_weights_is_a_clear_error(
