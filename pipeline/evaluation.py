@@ -157,8 +157,11 @@ def build_metrics(
         if name != "train":
             result[name]["scores"] = score_statistics(side.scores, hot, output_names(side.info))
     train, val = result["train"], result["val"]
+    scored = train["images"] and val["images"]  # no gap to an empty side
     result["train_val_gap"] = {
-        key: round(train[key] - val[key], 4) if None not in (train[key], val[key]) else None
+        key: round(train[key] - val[key], 4)
+        if scored and None not in (train[key], val[key])
+        else None
         for key in ("accuracy", "macro_f1")
     }
     operating: dict[str, Any] = {

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # everything else (per-class figures, train-side numbers, counts) folds into <details>.
 HEADLINE_WORDS = ("accuracy", "macro_f1", "miss_rate", "overkill_rate")
 HEADLINE_SPLITS = ("val", "test")
+# where headline figures sit: the top level, each split, each split at the operating point
+HEADLINE_PARENTS = [(), *[(split,) for split in HEADLINE_SPLITS]]
+HEADLINE_PARENTS += [("operating", split) for split in HEADLINE_SPLITS] + [("train_val_gap",)]
 MAX_CELL = 80  # characters; longer values (lists, long strings) are cut with an ellipsis
 ABSENT = "—"
 # DVC's stderr when it skips a revision: per file ("failed to load metrics in revision 'HEAD'")
@@ -222,17 +225,18 @@ def compare(start: Path, base: str, plots_dir: Path | None = None) -> Comparison
 
 
 def is_headline(key: str) -> bool:
-    """A key named like a headline figure at the top level or directly under val/test."""
+    """A key named like a headline figure at the top level, directly under val/test, under
+    operating.val/test or train_val_gap."""
     *parents, name = key.split(".")
     has_word = any(word in name for word in HEADLINE_WORDS) and "train" not in name
-    return has_word and (not parents or (len(parents) == 1 and parents[0] in HEADLINE_SPLITS))
+    return has_word and tuple(parents) in HEADLINE_PARENTS
 
 
 def _headline_order(key: str) -> tuple[int, int, str]:
     *parents, name = key.split(".")
-    split = HEADLINE_SPLITS.index(parents[0]) if parents else len(HEADLINE_SPLITS)
+    where = HEADLINE_PARENTS.index(tuple(parents))
     word = next(i for i, w in enumerate(HEADLINE_WORDS) if w in name)
-    return split, word, key
+    return where, word, key
 
 
 def format_number(value: float) -> str:
@@ -296,22 +300,26 @@ def render_params(params: dict[str, list[Change]]) -> str:
 
 
 def render_metrics_file(path: str, changes: list[Change]) -> str:
-    """Headline keys in a table, then every other key in a collapsed <details> table."""
+    """Headline keys in a table (changed or not), then the other keys that changed in a
+    collapsed <details> table; a file where nothing changed is one line."""
+    changed = sum(c.is_changed for c in changes)
+    if not changed:
+        return f"**{path}**: no change ({len(changes)} metrics)"
     headline = sorted(
         (c for c in changes if is_headline(c.key)), key=lambda c: _headline_order(c.key)
     )
     rest = sorted((c for c in changes if not is_headline(c.key)), key=lambda c: c.key)
-    changed = sum(c.is_changed for c in changes)
     parts = [f"**{path}**: {changed} of {len(changes)} changed"]
     if headline:
         parts.append(f"{METRICS_HEADER}\n{_metric_rows(headline)}")
-    if rest:
-        rest_changed = sum(c.is_changed for c in rest)
+    moved = [c for c in rest if c.is_changed]
+    if moved:
         label = "Other metrics" if headline else "Metrics"
         # GitHub renders markdown inside <details> only after a blank line
         parts.append(
-            f"<details><summary>{label} in {path} ({len(rest)}, {rest_changed} changed)"
-            f"</summary>\n\n{METRICS_HEADER}\n{_metric_rows(rest)}\n\n</details>"
+            f"<details><summary>{label} in {path} that changed ({len(moved)}; "
+            f"{len(rest) - len(moved)} unchanged not shown)</summary>\n\n"
+            f"{METRICS_HEADER}\n{_metric_rows(moved)}\n\n</details>"
         )
     return "\n\n".join(parts)
 

@@ -114,8 +114,8 @@ def test_report_compares_params_metrics_and_plots_with_base(
     details = out.index("<details>")
     assert out.index("`val.accuracy`") < out.index("`val.macro_f1`") < out.index("`test.accuracy`")
     assert out.index("`test.accuracy`") < details
-    assert details < out.index("`test.per_class.good.f1`")
-    assert details < out.index("`train.accuracy`")
+    assert details < out.index("`test.per_class.scratch.f1`")
+    assert "`test.per_class.good.f1`" not in out  # unchanged and not a headline figure
 
     assert "![confusion](confusion.png)" in out
     assert "![loss" not in out  # a data plot, not an image
@@ -234,6 +234,10 @@ def test_git_repository_without_dvc_exits_2(
         ("train_accuracy", False),
         ("test.per_class.good.f1", False),
         ("val.loss", False),
+        ("operating.test.miss_rate_high", True),
+        ("operating.val.overkill_rate", True),
+        ("operating.test.per_class.good.f1", False),
+        ("train_val_gap.accuracy", True),
     ],
 )
 def test_headline_keys(key: str, expected: bool) -> None:
@@ -264,10 +268,17 @@ def test_cells_escape_pipes_and_cut_long_values() -> None:
     assert len(cut) == 80 and cut.endswith("…")
 
 
-def test_file_without_headline_keys_folds_everything() -> None:
+def test_file_without_headline_keys_folds_what_changed() -> None:
     text = render_file("clean.json", [Change("images", 10, 12, 2), Change("dupes", 1, 1, 0)])
     assert text.startswith("**clean.json**: 1 of 2 changed\n\n<details>")
-    assert "| `dupes` | 1 | 1 | 0 |\n| `images` | 10 | 12 | +2 |" in text
+    assert "(1; 1 unchanged not shown)" in text
+    assert "| `images` | 10 | 12 | +2 |" in text
+    assert "dupes" not in text
+
+
+def test_file_without_changes_is_one_line() -> None:
+    text = render_file("clean.json", [Change("images", 10, 10, 0), Change("dupes", 1, 1, 0)])
+    assert text == "**clean.json**: no change (2 metrics)"
 
 
 def test_no_params_changed() -> None:
