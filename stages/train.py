@@ -100,7 +100,6 @@ def _summary(result: FitResult, params: TrainParams, extra: dict[str, Any]) -> d
     return {
         "best_epoch": result.best.epoch,
         "epochs_run": len(result.history),
-        "resumed_after": result.resumed_after,
         "monitor": params.monitor,
         "train": {k.removeprefix("train_"): v for k, v in best.items() if k.startswith("train_")},
         "val": {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")},
