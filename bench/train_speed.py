@@ -2,26 +2,29 @@
 
 Usage: python bench/train_speed.py [--magnetic PATH] [--images 256] [--batch 32]
            [--models mobilenet_v2,resnet18] [--sizes 128,224]
-           [--workers 0] [--repeats 2]
+           [--workers 0] [--repeats 3] [--data heavy|params]
 
 For each model and image size, on `--images` magnetic_tile images (a seeded sample) already in
 the decoded cache (as from the second epoch on):
-  loop   images/s of one epoch of pipeline.training's real loop: weighted sampler, DataLoader,
-         per-image augmentation (flips, rotation 10 deg, resized crop 0.8, colour jitter),
-         defect-aware CutMix on half the batches, normalisation, loss, AdamW, grad clipping,
-         schedule; after one warm-up epoch.
+  loop   images/s of one epoch of pipeline.training's real loop: sampler, DataLoader,
+         per-image augmentation, mixing, normalisation, loss, optimiser, grad clipping,
+         schedule; after one warm-up epoch. --data heavy (default): weighted sampler, flips,
+         rotation 10 deg, resized crop 0.8, colour jitter 0.2, defect-aware CutMix on half the
+         batches; --data params: params.yaml's train section as it is.
   bare   images/s of the same model's forward + backward + AdamW step on in-memory tensors of
          the same batch size (after 3 warm-up steps).
   ratio  loop / bare (goal >= 0.9).
-Each figure is the best of --repeats timed runs (the host is shared; best-of is the least
-disturbed).
+Loop and bare runs alternate --repeats times (the host is shared: a disturbance then hits both
+sides alike); images/s are the best run of each, the ratio is the median of the pairs' ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,10 @@ HEAVY = {  # the most expensive data path the params offer
     "grad_clip": 5.0,
     "epochs": 2,
 }
+SETTINGS: dict[str, dict[str, Any]] = {
+    "heavy": HEAVY,
+    "params": {"epochs": 2},
+}  # params: params.yaml's train section as is
 CPU = torch.device("cpu")
 
 
@@ -61,23 +68,25 @@ def sample_rows(root: Path, work: Path, count: int) -> tuple[list[dict[str, Any]
     return [readable[i] for i in sorted(pick)], info
 
 
-def loop_rates(params: TrainParams, side: Side, info: TaskInfo, repeats: int) -> list[float]:
-    """images/s of `repeats` epochs of the real loop, after a warm-up epoch."""
+def loop_runner(params: TrainParams, side: Side, info: TaskInfo) -> Callable[[], float]:
+    """After a warm-up epoch of the real loop, a call times one more epoch: images/s."""
     torch.manual_seed(0)
     model = build_model(params.model, len(output_names(info)), False, params.dropout)
     job = Job(info, CPU, Process(0, 1), None, "", lambda entry: None)
     loop = Loop(place_model(model, CPU), side, side, params, job)
     train_epoch(loop, 1)  # warm-up
-    rates = []
-    for epoch in range(2, 2 + repeats):
+    epochs = itertools.count(2)
+
+    def timed() -> float:
         started = time.perf_counter()
-        train_epoch(loop, epoch)
-        rates.append(len(loop.sampler) / (time.perf_counter() - started))
-    return rates
+        train_epoch(loop, next(epochs))
+        return len(loop.sampler) / (time.perf_counter() - started)
+
+    return timed
 
 
-def bare_rates(params: TrainParams, n_outputs: int, steps: int, repeats: int) -> list[float]:
-    """images/s of `repeats` runs of `steps` bare steps, after 3 warm-up steps."""
+def bare_runner(params: TrainParams, n_outputs: int, steps: int) -> Callable[[], float]:
+    """After 3 warm-up steps, a call times `steps` bare steps: images/s."""
     torch.manual_seed(0)
     model = place_model(build_model(params.model, n_outputs, False, params.dropout), CPU).train()
     generator = torch.Generator().manual_seed(0)
@@ -95,13 +104,14 @@ def bare_rates(params: TrainParams, n_outputs: int, steps: int, repeats: int) ->
 
     for _ in range(3):
         step()
-    rates = []
-    for _ in range(repeats):
+
+    def timed() -> float:
         started = time.perf_counter()
         for _ in range(steps):
             step()
-        rates.append(steps * params.batch_size / (time.perf_counter() - started))
-    return rates
+        return steps * params.batch_size / (time.perf_counter() - started)
+
+    return timed
 
 
 def main() -> None:
@@ -114,14 +124,21 @@ def main() -> None:
     parser.add_argument("--models", default="mobilenet_v2,resnet18")
     parser.add_argument("--sizes", default="128,224")
     parser.add_argument("--workers", type=int, default=0, help="train.num_workers")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved loop/bare pairs")
+    parser.add_argument(
+        "--data",
+        choices=sorted(SETTINGS),
+        default="heavy",
+        help="heavy: the most expensive data path; params: params.yaml's augmentation/sampler",
+    )
     args = parser.parse_args()
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     with tempfile.TemporaryDirectory() as tmp:
         rows, info = sample_rows(args.magnetic, Path(tmp), args.images)
         print(
             f"magnetic_tile sample: {len(rows)} images, batch {args.batch}, "
-            f"workers {args.workers}, best of {args.repeats}, {HEAVY}"
+            f"workers {args.workers}, {args.repeats} interleaved pairs, "
+            f"{args.data}: {SETTINGS[args.data]}"
         )
         for size in (int(s) for s in args.sizes.split(",")):
             images = decode_images(args.magnetic, rows, size, "memory", None)
@@ -133,13 +150,17 @@ def main() -> None:
                     "batch_size": args.batch,
                     "num_workers": args.workers,
                 }
-                params = TrainParams.model_validate({**section, **HEAVY, **changes})
-                loop = max(loop_rates(params, side, info, args.repeats))
-                steps = len(rows) // args.batch
-                bare = max(bare_rates(params, len(output_names(info)), steps, args.repeats))
+                params = TrainParams.model_validate({**section, **SETTINGS[args.data], **changes})
+                loop = loop_runner(params, side, info)
+                bare = bare_runner(params, len(output_names(info)), len(rows) // args.batch)
+                # interleaved, so a disturbance of the shared host hits both sides alike
+                pairs = [(loop(), bare()) for _ in range(args.repeats)]
+                ratio = float(np.median([a / b for a, b in pairs]))
+                loop_best, bare_best = max(a for a, _ in pairs), max(b for _, b in pairs)
                 print(
-                    f"{name:13s} {size:4d}px  loop {loop:7.1f} images/s  "
-                    f"bare {bare:7.1f} images/s  ratio {loop / bare:.2f}"
+                    f"{name:13s} {size:4d}px  loop {loop_best:7.1f} images/s  "
+                    f"bare {bare_best:7.1f} images/s  ratio {ratio:.2f} "
+                    f"(per pair: {', '.join(f'{a / b:.2f}' for a, b in pairs)})"
                 )
 
 
