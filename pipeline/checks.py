@@ -32,6 +32,10 @@ _CHUNK = 16  # images per worker task (and per embedding batch)
 _PREVIEW_SIDE = 160  # review-page thumbnails
 _HASH_INPUT = 64  # at least the short side the perceptual hash (on a 32 px grid) starts from
 
+# Runs `fn` on every item and returns the results in item order, wherever it likes (threads,
+# processes, a cluster): the clean stage's hook for an orchestrator's task runner.
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
 HASHES: dict[str, Callable[[Image.Image], imagehash.ImageHash]] = {
     "phash": imagehash.phash,
     "dhash": imagehash.dhash,
@@ -202,8 +206,10 @@ def _features_of_chunk(
     return [replace(f, embedding=v) for f, v in zip(found, vectors, strict=True)]
 
 
-def _one_thread_per_worker() -> None:
-    torch.set_num_threads(1)  # workers share the cores; torch would oversubscribe them
+def one_thread_per_worker() -> None:
+    """Initializer of worker processes: workers share the cores; torch would oversubscribe
+    them."""
+    torch.set_num_threads(1)
 
 
 def compute_features(
@@ -212,6 +218,7 @@ def compute_features(
     params: CleanParams,
     embedding: str | None = None,
     previews: Path | None = None,
+    mapper: Mapper | None = None,
 ) -> list[Features | None]:
     """Features of every readable row (None for unreadable ones), in row order.
 
@@ -219,17 +226,25 @@ def compute_features(
     embeddings when `embedding` names a kind) come back, never pixels. With `previews` (a
     folder), each readable image's preview JPEG is made from the same decode and written there
     (`Features.preview` says where), so memory stays flat however many images there are.
+    `mapper` (fn, chunks) -> results in chunk order replaces the local process pool, e.g. with
+    an orchestrator's task runner; the work it ships gets absolute paths, so it does not
+    depend on the working directory of whoever runs it.
     """
     readable = [index for index, row in enumerate(rows) if not row["is_unreadable_issue"]]
     jobs = [(i, rows[i]["path"], rows[i]["width"] * rows[i]["height"]) for i in readable]
     chunks = [jobs[start : start + _CHUNK] for start in range(0, len(jobs), _CHUNK)]
+    if mapper is not None:
+        root = root.absolute()
+        previews = previews.absolute() if previews is not None else None
     work = partial(
         _features_of_chunk, root=root, params=params, embedding=embedding, previews=previews
     )
-    if params.workers == 1:
+    if mapper is not None:
+        found = [features for result in mapper(work, chunks) for features in result]
+    elif params.workers == 1:
         found = [features for chunk in chunks for features in work(chunk)]
     else:
-        with ProcessPoolExecutor(params.workers, initializer=_one_thread_per_worker) as pool:
+        with ProcessPoolExecutor(params.workers, initializer=one_thread_per_worker) as pool:
             found = [features for result in pool.map(work, chunks) for features in result]
     features: list[Features | None] = [None] * len(rows)
     for index, value in zip(readable, found, strict=True):

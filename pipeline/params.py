@@ -243,13 +243,31 @@ class EvaluateParams(_Section):
 
 
 class Params(_Section):
-    """The whole params.yaml."""
+    """The stage sections of params.yaml, one per DVC stage."""
 
     ingest: IngestParams
     clean: CleanParams
     split: SplitParams
     train: TrainParams
     evaluate: EvaluateParams
+
+
+class FlowParams(_Section):
+    """How the Prefect flow (pipeline/flows.py) runs the stages, and its promotion gate. No DVC
+    stage lists this section, so changing it never re-runs a stage."""
+
+    task_runner: Literal["thread", "process", "dask", "ray"]  # where clean's image chunks run
+    workers: int = Field(ge=1, le=256)  # threads/processes; dask/ray: size of a local cluster
+    cluster_address: str | None  # dask scheduler or ray address; null: a local cluster
+    retries: int = Field(ge=0, le=20)  # ingest and clean, on I/O errors (OSError)
+    retry_delay_seconds: float = Field(ge=0, le=3600)  # first delay; doubles at each retry
+    production_dir: str = Field(min_length=1)  # the promoted model, thresholds, metrics, record
+    promote_max_miss_rate: float = Field(ge=0, le=1)  # highest test miss rate (operating point)
+    promote_f1_tolerance: float = Field(ge=0, le=1)  # test macro-F1 drop allowed vs production
+
+
+# Sections that configure how the pipeline is run, not a stage: allowed beside Params' sections.
+RUN_SECTIONS: dict[str, type[BaseModel]] = {"flow": FlowParams}
 
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
@@ -325,13 +343,16 @@ def load_section(path: Path, name: str, model: type[SectionT]) -> SectionT:
 
 
 def load_params(path: Path) -> Params:
-    """Load and validate the whole params file."""
+    """Load and validate the whole params file: every stage section, and the run sections
+    (`flow`) that are present (they are returned by `load_section`, not in Params)."""
     data = read_params_file(path)
-    extra = sorted(set(data) - set(Params.model_fields))
+    known = [*Params.model_fields, *RUN_SECTIONS]
+    extra = sorted(set(data) - set(known))
     if extra:
-        raise ParamsError(
-            f"{path}: unknown section(s) {extra}. Valid sections: {', '.join(Params.model_fields)}"
-        )
+        raise ParamsError(f"{path}: unknown section(s) {extra}. Valid sections: {', '.join(known)}")
+    for name, model in RUN_SECTIONS.items():
+        if name in data:
+            validate_section(model, data[name], name, str(path))
     missing = [name for name in Params.model_fields if name not in data]
     if missing:
         raise ParamsError(f"{path}: missing section(s) {missing}")

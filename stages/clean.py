@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checks import Features, Preview, compute_features, score_checks
+from pipeline.checks import Features, Mapper, Preview, compute_features, score_checks
 from pipeline.dedup import (
     group_exact_duplicates,
     group_near_duplicates,
@@ -108,12 +108,17 @@ def _label_step(
 
 
 def find_issues(
-    root: Path, rows: list[dict[str, Any]], params: CleanParams, info: TaskInfo, previews: Path
+    root: Path,
+    rows: list[dict[str, Any]],
+    params: CleanParams,
+    info: TaskInfo,
+    previews: Path,
+    mapper: Mapper | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[Preview | None]]:
     """Issue rows (every input row plus its features, groups, scores, flags and action), the
     label-issue step's summary, and each row's preview JPEG (written to `previews`)."""
     kind = None if params.actions.label == "off" else resolve_kind(params.label_issues.embedding)
-    features = compute_features(root, rows, params, kind, previews)
+    features = compute_features(root, rows, params, kind, previews, mapper=mapper)
     pixel = [f.pixel_sha256 if f else None for f in features]
     hashes = [f.perceptual_hash if f else None for f in features]
     near = (
@@ -215,15 +220,19 @@ def run(
     metrics: Path,
     review: Path,
     queue: Path,
+    mapper: Mapper | None = None,
 ) -> dict[str, Any]:
     """Find issues, apply the reviewer's overrides, and write the issues manifest, the cleaned
-    manifest, the summary metrics, the review page and the review queue."""
+    manifest, the summary metrics, the review page and the review queue. `mapper` runs the
+    per-image work (see `compute_features`); None: `clean.workers` local processes."""
     rows, info = read_manifest(manifest, "images")
     decisions = read_overrides(Path(params.overrides), {row["path"] for row in rows}, info)
     # previews are scratch files beside the review page (same file system as the outputs)
     review.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".previews-", dir=review.parent) as previews:
-        issues, label_step, shown = find_issues(root, rows, params, info, Path(previews))
+        issues, label_step, shown = find_issues(
+            root, rows, params, info, Path(previews), mapper=mapper
+        )
         apply_overrides(issues, decisions)
         write_review_page(review, issues, shown, info)
     kept = [cleaned_row(issue, info) for issue in issues if issue["action"] != "remove"]
@@ -242,7 +251,7 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--root", type=Path, required=True, help="dataset folder")
@@ -252,19 +261,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, required=True, help="summary counts (JSON)")
     parser.add_argument("--review", type=Path, required=True, help="review page (HTML)")
     parser.add_argument("--queue", type=Path, required=True, help="review queue (CSV) to edit")
-    args = parser.parse_args(argv)
-    return run_stage(
-        lambda: run(
-            load_section(args.params, "clean", CleanParams),
-            args.root,
-            args.manifest,
-            args.out,
-            args.issues,
-            args.metrics,
-            args.review,
-            args.queue,
-        )
+    return parser
+
+
+def call(args: argparse.Namespace, mapper: Mapper | None = None) -> dict[str, Any]:
+    """Load this stage's params section and run it on the paths in `args`; `mapper` as in
+    `run`."""
+    return run(
+        load_section(args.params, "clean", CleanParams),
+        args.root,
+        args.manifest,
+        args.out,
+        args.issues,
+        args.metrics,
+        args.review,
+        args.queue,
+        mapper=mapper,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_stage(lambda: call(args))
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ OUTPUTS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--root", type=Path, required=True, help="dataset folder")
@@ -143,16 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="checkpoint")
     for name, help_text in OUTPUTS.items():
         parser.add_argument(f"--{name}", type=Path, required=True, help=help_text)
-    args = parser.parse_args(argv)
-    return run_stage(
-        lambda: run(
-            load_section(args.params, "evaluate", EvaluateParams),
-            args.root,
-            args.manifest,
-            args.model,
-            {name: getattr(args, name) for name in OUTPUTS},
-        )
+    return parser
+
+
+def call(args: argparse.Namespace) -> dict[str, Any]:
+    """Load this stage's params section and run it on the paths in `args`."""
+    return run(
+        load_section(args.params, "evaluate", EvaluateParams),
+        args.root,
+        args.manifest,
+        args.model,
+        {name: getattr(args, name) for name in OUTPUTS},
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_stage(lambda: call(args))
 
 
 if __name__ == "__main__":

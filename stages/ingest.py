@@ -138,12 +138,22 @@ def run(params: IngestParams, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="images manifest (parquet)")
-    args = parser.parse_args(argv)
-    return run_stage(lambda: run(load_section(args.params, "ingest", IngestParams), args.out))
+    return parser
+
+
+def call(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Load this stage's params section and run it on the paths in `args` (the CLI's, or the
+    Prefect flow's parse of the same dvc.yaml command)."""
+    return run(load_section(args.params, "ingest", IngestParams), args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_stage(lambda: call(args))
 
 
 if __name__ == "__main__":

@@ -104,23 +104,30 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True, help="cleaned images manifest")
     parser.add_argument("--issues", type=Path, required=True, help="clean's issues manifest")
     parser.add_argument("--out", type=Path, required=True, help="split manifest")
     parser.add_argument("--metrics", type=Path, required=True, help="split summary (JSON)")
-    args = parser.parse_args(argv)
-    return run_stage(
-        lambda: run(
-            load_section(args.params, "split", SplitParams),
-            args.manifest,
-            args.issues,
-            args.out,
-            args.metrics,
-        )
+    return parser
+
+
+def call(args: argparse.Namespace) -> dict[str, Any]:
+    """Load this stage's params section and run it on the paths in `args`."""
+    return run(
+        load_section(args.params, "split", SplitParams),
+        args.manifest,
+        args.issues,
+        args.out,
+        args.metrics,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_stage(lambda: call(args))
 
 
 if __name__ == "__main__":

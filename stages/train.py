@@ -158,7 +158,7 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--root", type=Path, required=True, help="dataset folder")
@@ -173,17 +173,24 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="folder kept between runs: resumable state (last.pt) and decoded-image cache",
     )
-    args = parser.parse_args(argv)
-    return run_stage(
-        lambda: run(
-            load_section(args.params, "train", TrainParams),
-            args.root,
-            args.manifest,
-            args.model,
-            args.live,
-            args.state,
-        )
+    return parser
+
+
+def call(args: argparse.Namespace) -> dict[str, Any]:
+    """Load this stage's params section and run it on the paths in `args`."""
+    return run(
+        load_section(args.params, "train", TrainParams),
+        args.root,
+        args.manifest,
+        args.model,
+        args.live,
+        args.state,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_stage(lambda: call(args))
 
 
 if __name__ == "__main__":
