@@ -7,6 +7,7 @@ both are written atomically (temp file + rename): a killed run leaves the previo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -37,8 +38,16 @@ def save_model(path: Path, state: dict[str, Any], params: TrainParams, info: Tas
         "good_class": info.good_class,
         "params": params.model_dump(),
     }
+    _save(checkpoint, path)
+
+
+def _save(value: dict[str, Any], path: Path) -> None:
+    """torch.save, atomically and byte-reproducibly: torch names the archive inside the file
+    after the file it writes to, so it writes to memory first, never to the random temp name."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
     with atomic_output(path) as tmp:
-        torch.save(checkpoint, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module, int, TaskInfo]:
@@ -77,8 +86,7 @@ def fingerprint(manifest: Path, params: TrainParams, world_size: int) -> str:
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the training state after an epoch (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    _save(state, path)
 
 
 def load_state(path: Path, expected: str) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import read_curves
 
+from pipeline.checkpoints import save_state
 from pipeline.datasets import output_names
 from pipeline.manifest import read_manifest
 from pipeline.models import WeightsMissingError, build_model
@@ -117,3 +118,12 @@ def test_pretrained_weights_load_offline_from_torch_home(monkeypatch: pytest.Mon
         SHARED_WEIGHTS / "hub/checkpoints/mobilenet_v2-b0353104.pth", weights_only=True
     )
     assert torch.equal(model.state_dict()["features.0.0.weight"], reference["features.0.0.weight"])
+
+
+def test_checkpoint_bytes_do_not_depend_on_the_file_name(tmp_path: Path) -> None:
+    # torch.save names the archive after its target file; the temp file of an atomic write
+    # must not leak into the bytes, or identical runs give different DVC hashes.
+    state = {"state_dict": build_model("resnet18", 3, pretrained=False, dropout=0.0).state_dict()}
+    save_state(tmp_path / "a/last.pt", state)
+    save_state(tmp_path / "b/other_name.pt", state)
+    assert (tmp_path / "a/last.pt").read_bytes() == (tmp_path / "b/other_name.pt").read_bytes()
