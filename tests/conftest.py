@@ -7,6 +7,7 @@ import importlib
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,33 @@ def render(text: str, params: dict[str, Any]) -> str:
         return str(params[section][key])
 
     return re.sub(r"\$\{([a-z_]+\.[a-z_]+)\}", value, text)
+
+
+# what a copy of the project needs to run `dvc repro` or the Prefect flow elsewhere
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvc/plots",
+    "data/overrides.csv",
+    "pipeline",
+    "stages",
+]
+
+
+def copy_project(root: Path, extra: Sequence[str] = ()) -> Path:
+    """Copy PROJECT_FILES (and `extra` paths) of this repository into `root`; returns root."""
+    for name in [*PROJECT_FILES, *extra]:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root
 
 
 def run_dvc_stages(work: Path, only: Sequence[str] | None = None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,16 +20,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from conftest import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = [
-    "dvc.yaml",
-    "params.yaml",
-    "prefect.yaml",
-    "data/overrides.csv",
-    "pipeline",
-    "stages",
-]
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 POOL = "apexloop-process"
 DEPLOYMENT = "retrain/nightly-retrain"
@@ -139,13 +131,7 @@ def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prefect,
     every process stopped afterwards."""
     base = tmp_path_factory.mktemp("deployment")
     project = base / "project"
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, project / name)
+    copy_project(project, extra=["prefect.yaml"])
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(epochs=1, image_size=32)
     params["split"]["min_groups_policy"] = "train_only"  # 64 images: rare classes have 1-2 parts

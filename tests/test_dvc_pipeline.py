@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_project
 
 from pipeline.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = [
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    ".gitignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvc/plots",
-    "data/overrides.csv",
-    "pipeline",
-    "stages",
-]
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 
 
@@ -51,13 +39,7 @@ def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC copy of the project with a small synthetic data set, after one `dvc repro`."""
     root = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
+    copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"].update(epochs=2, image_size=32)
     params["split"]["min_groups_policy"] = "train_only"  # 80 images: rare classes have 1-2 parts

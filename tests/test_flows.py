@@ -27,6 +27,7 @@ atexit.register(shutil.rmtree, _HOME, True)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from conftest import copy_project  # noqa: E402
 from PIL import Image  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.artifacts import Artifact  # noqa: E402
@@ -42,21 +43,10 @@ from pipeline.params import CleanParams, FlowParams, ParamsError, load_params, l
 from stages import clean  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = [
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    ".gitignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvc/plots",
-    "data/overrides.csv",
-    "pipeline",
-    "stages",
-]
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 # outputs that must be byte-identical between `dvc repro` and the flow
 SAME_BYTES = [
+    "models/model.pt",
     "data/interim/ingest.parquet",
     "data/interim/clean.parquet",
     "data/interim/issues.parquet",
@@ -85,13 +75,7 @@ def sh(cwd: Path, *args: str) -> str:
 
 def make_project(root: Path, raw: Path) -> Path:
     """A copy of the project with the tiny data set `raw` and quick training params."""
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
+    copy_project(root)
     shutil.copytree(raw, root / "data/raw")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"].update(epochs=1, image_size=32)
