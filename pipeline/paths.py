@@ -8,6 +8,7 @@ leaves a half-written file where the next stage would read it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +26,12 @@ def resolve_inside(root: Path, relative: str) -> Path:
     if not relative or Path(relative).is_absolute():
         raise PathError(f"{relative!r}: expected a path relative to {root}")
     base = root.resolve()
-    target = (base / relative).resolve()
+    try:
+        target = (base / relative).resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError on a link loop
+        raise PathError(
+            f"{relative!r} cannot be resolved under {root}: {exc}; remove or fix the link"
+        ) from None
     if not target.is_relative_to(base):
         raise PathError(f"{relative!r} resolves outside the data root {root}")
     return target
@@ -35,10 +41,15 @@ def resolve_inside(root: Path, relative: str) -> Path:
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the target folder; on success fsync it and rename onto `path`.
 
-    On any exception the temporary file is removed and `path` is left untouched.
+    On any exception the temporary file is removed and `path` is left untouched. Temporaries
+    of `path` that a killed process left behind are removed first (runs of one project do not
+    overlap: DVC and the Prefect flow each run a stage once at a time).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):  # left by a killed writer
+        stale.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
