@@ -55,7 +55,6 @@ log = logging.getLogger("pipeline.flows")  # also when run as __main__
 LIBRARY_LOGGERS = ("pipeline", "stages")  # their records go to the flow's run logs
 IO_BOUND = ("ingest", "clean")  # retried with back-off on I/O errors
 _TEMPLATE = re.compile(r"\$\{([^}]+)\}")
-_PRESENT = "present"  # a persist output (kept between runs): checked for presence, not content
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,6 @@ class StageSpec:
     deps: tuple[str, ...]
     sections: tuple[str, ...]  # the params sections it reads
     outs: tuple[str, ...]  # outs, metrics and plots
-    persist: tuple[str, ...]  # outs kept between runs (resumable state)
 
 
 @dataclass(frozen=True)
@@ -97,17 +95,12 @@ def render(text: str, params: dict[str, Any]) -> str:
     return _TEMPLATE.sub(value, text)
 
 
-def _entries(stage: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
-    """(path, options) of a deps/outs/metrics/plots list, whose items are paths or
-    {path: options}."""
-    found = []
-    for entry in stage.get(key) or []:
-        if isinstance(entry, dict):
-            path, options = next(iter(entry.items()))
-            found.append((str(path), options or {}))
-        else:
-            found.append((str(entry), {}))
-    return found
+def _entries(stage: dict[str, Any], key: str) -> list[str]:
+    """The paths of a deps/outs/metrics/plots list, whose items are paths or {path: options}."""
+    return [
+        str(next(iter(entry)) if isinstance(entry, dict) else entry)
+        for entry in stage.get(key) or []
+    ]
 
 
 def read_stages(project: Path, params: dict[str, Any]) -> list[StageSpec]:
@@ -122,18 +115,17 @@ def read_stages(project: Path, params: dict[str, Any]) -> list[StageSpec]:
         if not all(isinstance(section, str) for section in sections):
             raise ApexLoopError(f"dvc.yaml: stage {name} must list whole params sections")
         outs = [
-            (render(path, params), options)
+            render(path, params)
             for key in ("outs", "metrics", "plots")
-            for path, options in _entries(stage, key)
+            for path in _entries(stage, key)
         ]
         specs.append(
             StageSpec(
                 name=name,
                 argv=tuple(words[3:]),
-                deps=tuple(render(path, params) for path, _ in _entries(stage, "deps")),
+                deps=tuple(render(path, params) for path in _entries(stage, "deps")),
                 sections=tuple(sections),
-                outs=tuple(path for path, _ in outs),
-                persist=tuple(path for path, options in outs if options.get("persist")),
+                outs=tuple(outs),
             )
         )
     return specs
@@ -195,13 +187,8 @@ def stage_key(spec: StageSpec, params: dict[str, Any], project: Path) -> str:
 
 
 def output_digests(spec: StageSpec, project: Path) -> dict[str, str | None]:
-    """Each declared output's digest (persist outputs: whether present); None if missing."""
-    return {
-        out: (_PRESENT if (project / out).exists() else None)
-        if out in spec.persist
-        else digest(project / out)
-        for out in spec.outs
-    }
+    """Each declared output's digest; None if missing."""
+    return {out: digest(project / out) for out in spec.outs}
 
 
 @dataclass

@@ -26,6 +26,9 @@ BUILT_IN_TEMPLATES = {
     "bar_horizontal_sorted",
     "bar_horizontal",
 }
+# Scratch folders a stage keeps between runs: on the command line, deliberately not outputs
+# (a fresh clone has none, and DVC would otherwise call the stage changed), git-ignored.
+SCRATCH = {("train", "--state"): "models/train_state"}
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = load_params(REPO / "params.yaml")
 STAGES = DVC["stages"]
@@ -68,6 +71,10 @@ def test_stage_agrees_with_its_module(name: str, capsys: pytest.CaptureFixture[s
     outputs = declared(stage, "outs") + declared(stage, "metrics") + declared(stage, "plots")
     flags = cmd_paths(stage)
     assert flags.pop("--params") == "params.yaml"
+    for (owner, flag), path in SCRATCH.items():
+        if owner == name:
+            assert flags.pop(flag) == path
+            assert not any(under(o, path) or under(path, o) for o in outputs + deps)
     for flag, path in flags.items():
         assert path in deps + outputs or any(under(o, path) for o in outputs), (
             f"{name}: {flag} {path} is not declared in dvc.yaml"
@@ -114,3 +121,9 @@ def test_plots_point_at_stage_outputs() -> None:
     ]
     for template in set(templates) - BUILT_IN_TEMPLATES - {None}:
         assert (REPO / ".dvc/plots" / f"{template}.json").is_file(), template
+
+
+def test_scratch_folders_are_git_ignored() -> None:
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    for path in SCRATCH.values():
+        assert any(under(path, line.strip("/")) for line in ignored if line.startswith("/")), path
