@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from pipeline.embeddings import embed_batch
-from pipeline.io import open_image, pixel_sha256, preview_jpeg
+from pipeline.io import grey_u8, open_image, pixel_sha256, preview_jpeg
 from pipeline.params import CleanParams
 from pipeline.paths import resolve_inside
 
@@ -70,26 +70,6 @@ class Preview:
         with self.file.open("rb") as handle:
             handle.seek(self.offset)
             return handle.read(self.length)
-
-
-def grey_u8(image: Image.Image) -> np.ndarray:
-    """8-bit grey pixels (H, W) for any mode, 16-bit and float images scaled, not clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return (np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8)
-    if image.mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        # NaN / inf pixels (no-data in float images) must not poison the range of the rest.
-        finite = np.isfinite(values)
-        low, high = (
-            (float(values[finite].min()), float(values[finite].max()))
-            if finite.any()
-            else (0.0, 0.0)
-        )
-        scale = 255.0 / (high - low) if high > low else 0.0
-        return (np.where(finite, values - low, 0.0) * scale).round().astype(np.uint8)
-    if image.mode == "L":
-        return np.asarray(image, dtype=np.uint8)  # no conversion copy
-    return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def _working(grey: np.ndarray, working_size: int) -> np.ndarray:

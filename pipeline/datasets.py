@@ -67,7 +67,7 @@ class DatasetError(ApexLoopError):
 
 
 # Bump when the cached bytes would change for the same rows (layout, resizing, colour handling).
-_CACHE_FORMAT = "apexloop-decode-v1 uint8 NCHW bilinear"
+_CACHE_FORMAT = "apexloop-decode-v2 uint8 NCHW bilinear, 16-bit scaled"
 
 
 def cache_key(rows: Sequence[dict[str, Any]], size: int) -> str:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pipeline.io import to_rgb
 from pipeline.models import MEAN, STD, WeightsMissingError, build_model
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def _thumbnail(grey: np.ndarray) -> np.ndarray:
 
 def _network_input(image: Image.Image, size: int) -> torch.Tensor:
     """RGB, resized, normalised float (3, size, size)."""
-    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    rgb = np.asarray(to_rgb(image).resize((size, size), Image.Resampling.BILINEAR))
     tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0  # (3, H, W)
     return (tensor - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
 

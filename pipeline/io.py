@@ -23,6 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipeline.errors import ApexLoopError
 
 _ORIENTATION = 0x0112  # EXIF tag; 1 = upright
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")  # scaled by 1/257 to 8 bits
+_WIDE = ("I", "F")  # 32-bit integer and float: stretched from their range onto 0..255
 
 # Errors Pillow raises for files that are not (complete, sane) images.
 _DECODE_ERRORS = (
@@ -115,6 +117,34 @@ def pixel_sha256(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+def grey_u8(image: Image.Image) -> np.ndarray:
+    """8-bit grey pixels (H, W) for any mode, 16-bit and float images scaled, not clipped."""
+    if image.mode in _SIXTEEN_BIT:
+        return (np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8)
+    if image.mode in _WIDE:
+        values = np.asarray(image, dtype=np.float64)
+        # NaN / inf pixels (no-data in float images) must not poison the range of the rest.
+        finite = np.isfinite(values)
+        low, high = (
+            (float(values[finite].min()), float(values[finite].max()))
+            if finite.any()
+            else (0.0, 0.0)
+        )
+        scale = 255.0 / (high - low) if high > low else 0.0
+        return (np.where(finite, values - low, 0.0) * scale).round().astype(np.uint8)
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8)  # no conversion copy
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in RGB; 16-bit, integer and float images through `grey_u8` (Pillow's own
+    conversion clips their values at 255, which turns a 16-bit image white)."""
+    if image.mode in (*_SIXTEEN_BIT, *_WIDE):
+        return Image.fromarray(grey_u8(image)).convert("RGB")
+    return image.convert("RGB")
+
+
 def preview_jpeg(image: Image.Image, grey: np.ndarray, side: int) -> bytes:
     """A small JPEG (longest side at most `side`) of a decoded image for people to look at:
     colour images in colour, all others by `grey`, their 8-bit grey pixels (H, W)."""
@@ -137,6 +167,6 @@ def preview_jpeg(image: Image.Image, grey: np.ndarray, side: int) -> bytes:
 
 def load_rgb(path: Path, size: int, max_pixels: int) -> np.ndarray:
     """Decode, convert to RGB and resize to size x size. Returns uint8 (size, size, 3)."""
-    image = open_image(path, max_pixels).convert("RGB")
+    image = to_rgb(open_image(path, max_pixels))
     image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

@@ -38,6 +38,7 @@ def read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     mask = open_image(path, max_pixels).convert("L")
     if mask.size != size:
         raise ImageReadError(
-            f"{path}: mask is {mask.size[0]}x{mask.size[1]}, image is {size[0]}x{size[1]}"
+            f"{path}: mask is {mask.size[0]}x{mask.size[1]}, image is {size[0]}x{size[1]}; "
+            "save the mask at the image's size"
         )
     return np.asarray(mask)

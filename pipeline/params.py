@@ -7,6 +7,7 @@ is reported with its dotted key and the allowed values or range, so a typo in
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -159,7 +160,7 @@ class TrainParams(_Section):
     pretrained: bool
     image_size: int = Field(ge=16, le=1024)
     epochs: int = Field(ge=1, le=1000)
-    batch_size: int = Field(ge=1, le=4096)
+    batch_size: int = Field(ge=2, le=4096)  # batch norm cannot train on batches of one
     lr: float = Field(gt=0, le=10)
     weight_decay: float = Field(ge=0, le=1)
     hflip: bool
@@ -303,9 +304,13 @@ def _describe(error: dict[str, Any], model: type[BaseModel], prefix: str) -> str
             owner = sub.annotation
     if error["type"] == "extra_forbidden":
         valid = ", ".join(owner.model_fields)
-        return f"unknown key '{key}'. Valid keys here: {valid}"
+        close = difflib.get_close_matches(loc[-1], list(owner.model_fields), n=1)
+        meant = f" (did you mean '{'.'.join([prefix, *loc[:-1], close[0]])}'?)" if close else ""
+        return f"unknown key '{key}'{meant}. Valid keys here: {valid}"
     if error["type"] == "missing":
         return f"missing key '{key}': add it to params.yaml"
+    if not loc and error["type"] == "value_error":  # a check across keys, which it names
+        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
     bounds = _range_of(owner, loc[-1]) if loc else ""
     got = error.get("input")
     text = f"bad value for '{key}' (got {got!r}): {error['msg']}"
@@ -328,7 +333,9 @@ def read_params_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(
+            f"{path}: not valid YAML; fix the syntax at the line and column shown:\n{exc}"
+        ) from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
@@ -338,7 +345,10 @@ def load_section(path: Path, name: str, model: type[SectionT]) -> SectionT:
     """Load and validate one section (a stage validates only what it uses)."""
     data = read_params_file(path)
     if name not in data:
-        raise ParamsError(f"{path}: missing section '{name}'. Sections: {', '.join(data)}")
+        raise ParamsError(
+            f"{path}: missing section '{name}' (sections: {', '.join(data)}); add it, e.g. "
+            "from the repository's params.yaml"
+        )
     return validate_section(model, data[name], name, str(path))
 
 

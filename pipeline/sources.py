@@ -9,6 +9,7 @@ that lists every offending row, so a user fixes the table once instead of once p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.errors import ApexLoopError
 from pipeline.params import IngestParams
 from pipeline.paths import PathError, resolve_inside
+
+log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float, str]
 _MAX_LISTED = 20
@@ -39,50 +43,109 @@ class Entry:
     boxes: tuple[Box, ...] = field(default_factory=tuple)
 
 
-def _raise_if(problems: list[str], what: str) -> None:
+def _raise_if(problems: list[str], what: str, remedy: str) -> None:
     if problems:
         shown = "\n  ".join(problems[:_MAX_LISTED])
         more = (
             f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         )
-        raise SourceError(f"{what}: {len(problems)} problem(s):\n  {shown}{more}")
+        raise SourceError(f"{what}: {len(problems)} problem(s); {remedy}:\n  {shown}{more}")
+
+
+def _leads_back(link: Path, images: Path) -> bool:
+    """Whether a symlinked folder leads to `images` or a folder holding it: walking it would
+    visit every image again, under another name."""
+    try:
+        target = link.resolve()
+    except (RuntimeError, OSError):  # a link to itself, or a chain of links that never ends
+        return True
+    return images.resolve().is_relative_to(target)
+
+
+def _walk_class(images: Path, class_dir: Path, problems: list[str]) -> list[Entry]:
+    """Entries of the non-hidden files under one class folder. Symlinked sub-folders are not
+    walked (a link loop cannot hang it) and are logged; names that are not UTF-8 (they cannot
+    be stored in the manifest) go to `problems`, shown by their bytes."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        linked = [
+            (Path(dirpath) / d).relative_to(images).as_posix()
+            for d in dirnames
+            if (Path(dirpath) / d).is_symlink()
+        ]
+        if linked:
+            log.warning(
+                "%s: symlinked folder(s) %s not followed (a link can loop back); move or copy "
+                "their images into the class folder if they belong to the data set",
+                images,
+                linked,
+            )
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = (Path(dirpath) / name).relative_to(images).as_posix()
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogates
+                problems.append(f"{os.fsencode(rel)!r}: file name is not valid UTF-8")
+                continue
+            entries.append(Entry(rel, (class_dir.name,)))
+    return entries
 
 
 def list_folders(images: Path, params: IngestParams) -> list[Entry]:
     """Source (a): `<images>/<class>/**/*`. Every non-hidden file becomes an entry.
 
     Files with an unsupported extension are kept (ingest records them as unreadable).
-    Symlinks are not followed, so a link loop cannot hang the walk.
+    Symlinked sub-folders are not followed, so a link loop cannot hang the walk; a class folder
+    that links back to the image folder (or above it) is an error.
     """
     if params.task != "multiclass":
         raise SourceError("source 'folders' gives one class per image: use it with task multiclass")
     if not images.is_dir():
-        raise SourceError(f"{images}: image folder not found (ingest.root / ingest.images)")
+        raise SourceError(
+            f"{images}: image folder not found; set ingest.root and ingest.images in "
+            "params.yaml to the folder that holds the class folders"
+        )
     visible = sorted(p for p in images.iterdir() if not p.name.startswith("."))
+    loops = [p.name for p in visible if p.is_symlink() and _leads_back(p, images)]
+    if loops:
+        raise SourceError(
+            f"{images}: class folder(s) {loops} link back to the image folder (a symlink loop: "
+            "every image would be ingested again under that class); remove the link(s)"
+        )
     loose = [p.name for p in visible if not p.is_dir()]
     if loose:
         raise SourceError(
             f"{images}: files outside any class folder {loose[:_MAX_LISTED]}; "
             "move each into <images>/<class>/"
         )
-    entries = []
+    entries: list[Entry] = []
+    problems: list[str] = []
     for class_dir in visible:
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    rel = (Path(dirpath) / name).relative_to(images).as_posix()
-                    entries.append(Entry(rel, (class_dir.name,)))
+        entries += _walk_class(images, class_dir, problems)
+    _raise_if(problems, str(images), "rename these files (and folders) to UTF-8 names")
     return entries
 
 
 def _read_table_file(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SourceError(f"{path}: annotation table not found (ingest.table)")
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{path}: not UTF-8 text ({exc}); save it as UTF-8 (e.g. 'CSV UTF-8' in a "
+            "spreadsheet program)"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowInvalid) as exc:
+        raise SourceError(
+            f"{path}: cannot be read as a table ({exc}); fix the file or export it again"
+        ) from None
     raise SourceError(f"{path}: annotation table must be .csv or .parquet")
 
 
@@ -161,7 +224,7 @@ def read_table(root: Path, images: Path, params: IngestParams) -> list[Entry]:
             problems.append(f"{where}: no label (a multiclass row needs one class)")
             continue
         entries.append(Entry(rel, labels, None if _is_missing(group) else str(group), boxes))
-    _raise_if(problems, str(table_path))
+    _raise_if(problems, str(table_path), f"fix or delete these rows of {table_path.name}")
     return entries
 
 
@@ -219,7 +282,7 @@ def read_voc(root: Path, images: Path, params: IngestParams) -> list[Entry]:
             continue
         seen[target] = xml_path.name
         entries.append(entry)
-    _raise_if(problems, str(voc_dir))
+    _raise_if(problems, str(voc_dir), "fix or delete these annotation files")
     return entries
 
 

@@ -59,6 +59,39 @@ def link_groups(
     return [f"group:{first[links[('path', row['path'])]]}" for row in rows]
 
 
+def require_classes(
+    rows: Sequence[Mapping[str, Any]],
+    issues: Sequence[Mapping[str, Any]],
+    info: TaskInfo,
+    issues_path: str,
+) -> None:
+    """Every class the model outputs has images among `rows` (the cleaned images), and they
+    hold at least two classes to tell apart; else a SplitError naming the classes and, from
+    `issues` (every image the clean stage saw), how many of theirs it did not keep."""
+    counts = Counter(name for row in rows for name in info.row_classes(row))
+    seen = Counter(name for issue in issues for name in info.row_classes(issue))
+    outputs = info.classes if info.task == "multiclass" else info.defect_classes
+    empty = [name for name in outputs if not counts[name]]
+    if empty:
+        found = [
+            f"class {name!r} has no images left: the clean stage kept none of its {seen[name]} "
+            f"(removed or relabelled; see the action and reason columns of {issues_path})"
+            if seen[name]
+            else f"class {name!r} has no images (none were ingested)"
+            for name in empty
+        ]
+        raise SplitError(
+            "; ".join(found) + ". Fix or replace those images, keep some with a review "
+            "decision (clean.overrides), or drop the class from ingest.classes"
+        )
+    if len(counts) < 2:
+        raise SplitError(
+            f"only one class ({', '.join(map(repr, counts))}) among the {len(rows)} cleaned "
+            "images: a classifier needs at least two to tell apart; add images of the defect "
+            "classes and list them in ingest.classes"
+        )
+
+
 class _Plan:
     """Which side each group goes to, and how many images of each class each side still wants."""
 

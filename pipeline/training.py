@@ -217,7 +217,12 @@ class Loop:
         )
         self.criterion = build_criterion(params, job.info, train.targets, job.device)
         self.optimizer = build_optimizer(model, params)
-        self.steps = math.ceil(len(self.sampler) / params.batch_size)
+        # A lone last sample is left out of the epoch: batch norm cannot train on a batch of
+        # one at small image sizes (one value per channel). Each epoch draws a new order, so
+        # it is not the same image every epoch.
+        full, rest = divmod(len(self.sampler), params.batch_size)
+        self.drop_last = rest == 1 and full > 0
+        self.steps = full + (rest > 0 and not self.drop_last)
         self.scheduler = build_scheduler(self.optimizer, params, self.steps)
         decay = params.ema_decay
         self.ema = (
@@ -266,6 +271,7 @@ class Loop:
             batch_size=self.params.batch_size,
             collate_fn=collate,
             num_workers=self.params.num_workers,
+            drop_last=self.drop_last,
             pin_memory=self.job.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.params.seed),  # not the global RNG
         )
@@ -344,6 +350,11 @@ def _epoch_log(loop: Loop, epoch: int, train_loss: float, train: dict[str, Any])
     device, val = loop.job.device, loop.val
     logits = predict_logits(loop.evaluated(), val.images, loop.params.batch_size, device)
     val_loss = loop.criterion(logits.to(device), val.targets.to(device)).item()
+    if not math.isfinite(val_loss):
+        raise DivergedError(
+            f"validation loss became {val_loss} after epoch {epoch} (the weights blew up); "
+            f"lower train.lr (now {loop.params.lr})"
+        )
     metrics = score_metrics(to_scores(logits, loop.job.info.task), val.targets, loop.job.info, 0.5)
     return EpochLog(
         epoch=epoch,

@@ -4,8 +4,9 @@ Groups join images that share an ingest group (physical part), an exact-duplicat
 near-duplicate group of the clean stage; every group lands on one side; classes are stratified
 by iterative stratification over groups (pipeline/splits.py). With `split.folds: K` the
 non-test rows are divided into K stratified folds (column `fold`) and fold `split.fold` is the
-val side, so `dvc exp run -S split.fold=k` trains and evaluates fold k. After splitting, any
-group or duplicate found on two sides is an error.
+val side, so `dvc exp run -S split.fold=k` trains and evaluates fold k. A class left without
+images (the clean stage removed them all), or a single class, stops the stage before splitting;
+after splitting, any group or duplicate found on two sides is an error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from typing import Any
 from pipeline.manifest import TaskInfo, read_manifest, write_manifest
 from pipeline.params import SplitParams, load_section
 from pipeline.paths import write_text_atomic
-from pipeline.splits import SplitError, find_leaks, link_groups, split_groups
+from pipeline.splits import (
+    SplitError,
+    find_leaks,
+    link_groups,
+    require_classes,
+    split_groups,
+)
 from pipeline.stagecli import run_stage
 
 log = logging.getLogger(__name__)
@@ -90,6 +97,7 @@ def run(
     """Assign every cleaned image to one side and write the split manifest and metrics."""
     rows, info = read_manifest(manifest, "images")
     issues, _ = read_manifest(issues_path, "issues")
+    require_classes(rows, issues, info, str(issues_path))
     keys = link_groups(rows, issues)
     split_rows, missing = assign(rows, keys, params, info)
     leaks = find_leaks(split_rows, [row["split"] for row in split_rows], issues)
