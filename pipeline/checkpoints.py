@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import logging
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,14 @@ def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module,
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         info = TaskInfo(checkpoint["task"], tuple(checkpoint["classes"]), checkpoint["good_class"])
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: never run it
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" ({found[1]})" if found else ""
+        raise ApexLoopError(
+            f"{path}: refused: the checkpoint holds objects other than tensors and plain "
+            f"values{what}; ApexLoop never writes such files. Rerun train, or load it elsewhere "
+            "only if you trust where it came from"
+        ) from None
     except (OSError, RuntimeError, KeyError, EOFError) as exc:
         raise ApexLoopError(f"{path}: cannot load checkpoint ({exc!r}); rerun train") from None
     if expected is not None and info != expected:
@@ -93,8 +103,12 @@ def load_state(path: Path, expected: str) -> dict[str, Any] | None:
     """The state saved at `path` when it belongs to this run (same fingerprint), else None."""
     if not path.is_file():
         return None
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != expected:
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, OSError, RuntimeError, EOFError) as exc:
+        log.warning("not resuming: %s cannot be loaded (%s); starting afresh", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != expected:
         log.info("not resuming: %s belongs to other data or params; starting afresh", path)
         return None
     return state

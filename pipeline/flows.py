@@ -35,12 +35,17 @@ from typing import Any, cast
 
 import yaml
 from prefect import Task, flow, task
+
+# how Prefect's own ResultStore reads a storage block synchronously (prefect pinned: 3.8.8)
+from prefect._internal.compatibility.blocks import call_explicitly_sync_block_method
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
-from prefect.results import ResultStore, get_result_store
+from prefect.filesystems import WritableFileSystem
+from prefect.results import ResultStore, get_default_result_storage, get_result_store
 from prefect.runtime import flow_run
+from prefect.serializers import JSONSerializer
 from prefect.states import State
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
@@ -269,8 +274,8 @@ def run_stage(
     project: Path,
     params_path: Path,
     runner: FlowParams | None = None,
-    upstream: Sequence[StageRecord] = (),
-) -> StageRecord:
+    upstream: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """Run one stage through `stages.<name>.call` with its dvc.yaml arguments; the clean
     stage's image chunks run on the task runner `runner` names. `upstream` (the records of
     the stages it reads from) only links the runs in Prefect."""
@@ -281,10 +286,15 @@ def run_stage(
     else:
         with make_task_runner(runner) as started:
             result = module.call(args, mapper=partial(map_on, started))
-    return StageRecord(spec.name, output_digests(spec, project), _summary(result))
+    return asdict(StageRecord(spec.name, output_digests(spec, project), _summary(result)))
 
 
-_STAGE = task(cache_policy=ContentCache(), persist_result=True)(run_stage)
+# Results are plain JSON (the default would pickle them); `_trusted_entry` refuses any cache
+# entry written otherwise, so a tampered entry in the result storage is never unpickled.
+_SERIALIZER = JSONSerializer(object_encoder=None, object_decoder=None)
+_STAGE = task(cache_policy=ContentCache(), persist_result=True, result_serializer=_SERIALIZER)(
+    run_stage
+)
 
 
 def _is_io_error(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
@@ -298,7 +308,7 @@ def _is_io_error(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> boo
     return False
 
 
-def stage_task(name: str, settings: FlowParams) -> Task[..., StageRecord]:
+def stage_task(name: str, settings: FlowParams) -> Task[..., dict[str, Any]]:
     """The Prefect task of one stage; I/O-bound stages retry with a doubling delay."""
     if name not in IO_BOUND:
         return _STAGE.with_options(name=name)
@@ -311,32 +321,44 @@ def stage_task(name: str, settings: FlowParams) -> Task[..., StageRecord]:
 
 
 def _outputs_changed(
-    stage: Task[..., StageRecord], spec: StageSpec, project: Path, params_path: Path
+    stage: Task[..., dict[str, Any]], spec: StageSpec, project: Path, params_path: Path
 ) -> bool:
     """Whether a cache entry exists for the stage's key but its outputs are missing or no
-    longer what it recorded: then the entry must not stand in for a run."""
+    longer what it recorded, or it is not plain JSON: then it must not stand in for a run."""
     key = stage_key(spec, read_params_file(project / params_path), project)
     store = get_result_store().update_for_task(stage)
     assert isinstance(store, ResultStore)  # a sync call returns the store itself
-    if not store.exists(key):
-        return False
-    current = output_digests(spec, project)
+    storage = store.result_storage or get_default_result_storage(_sync=True)  # type: ignore[call-arg]
+    assert isinstance(storage, WritableFileSystem)
     try:
-        recorded = store.read(key).result
-    except Exception as exc:  # an unreadable entry is not trusted: the stage runs
-        log.warning("%s: cache entry %s unreadable (%s): running the stage", spec.name, key, exc)
+        raw = call_explicitly_sync_block_method(storage, "read_path", (key,), {})
+    except (ValueError, OSError):  # no entry for this key
+        return False
+    # Checked before anything deserializes the entry (Prefect's own exists() and read() do):
+    # an entry not written by _SERIALIZER, e.g. a pickle left in the storage, is never loaded.
+    try:
+        serializer = json.loads(raw)["metadata"]["serializer"]
+    except (ValueError, KeyError, TypeError):
+        serializer = None
+    if serializer != _SERIALIZER.model_dump(mode="json"):
+        log.warning(
+            "%s: cache entry %s not written as plain JSON: replaced, stage runs", spec.name, key
+        )
+        store.model_copy(update={"serializer": _SERIALIZER}).write({"untrusted": True}, key=key)
         return True
-    return None in current.values() or recorded.outputs != current
+    recorded = store.read(key).result
+    current = output_digests(spec, project)
+    return None in current.values() or recorded.get("outputs") != current
 
 
 def run_stages(
     project: Path, params_path: Path, settings: FlowParams
-) -> tuple[dict[str, State[Any]], dict[str, StageRecord]]:
+) -> tuple[dict[str, State[Any]], dict[str, dict[str, Any]]]:
     """Run (or take from the cache) every dvc.yaml stage in order; their final states and
     records by stage name. A failed stage fails the flow."""
     params = read_params_file(project / params_path)
     states: dict[str, State[Any]] = {}
-    records: dict[str, StageRecord] = {}
+    records: dict[str, dict[str, Any]] = {}
     specs = read_stages(project, params)
     for spec in specs:
         stage = stage_task(spec.name, settings)
@@ -350,7 +372,7 @@ def run_stages(
         ]
         runner = settings if spec.name == "clean" else None
         state = cast(
-            State[StageRecord],
+            State[dict[str, Any]],
             stage(spec, project, params_path, runner, upstream, return_state=True),
         )
         records[spec.name] = state.result()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
 from pipeline.io import ImageReadError, open_image
+from pipeline.paths import resolve_inside
 
 Box = tuple[float, float, float, float, str]
 
@@ -29,8 +30,9 @@ def boxes_from_mask(mask: np.ndarray, threshold: int, min_area: int, label: str)
 
 
 def mask_path_for(masks_dir: Path, rel_image_path: str) -> Path:
-    """The mask mirroring an image: same relative path under the mask folder, .png suffix."""
-    return (masks_dir / rel_image_path).with_suffix(".png")
+    """The mask mirroring an image: same relative path under the mask folder, .png suffix,
+    resolved inside that folder (a PathError if a link leads out of it)."""
+    return resolve_inside(masks_dir, str(PurePosixPath(rel_image_path).with_suffix(".png")))
 
 
 def read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:

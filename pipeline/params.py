@@ -8,11 +8,19 @@ is reported with its dotted key and the allowed values or range, so a typo in
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from pipeline.errors import ApexLoopError
 
@@ -23,6 +31,23 @@ class ParamsError(ApexLoopError):
     """params.yaml is missing, malformed, or has a bad key or value."""
 
 
+_COMMAND_SAFE = re.compile(r"[\w./][\w./+-]*")  # no spaces, quotes, shell characters, leading '-'
+
+
+def _command_safe(value: str) -> str:
+    if not _COMMAND_SAFE.fullmatch(value):
+        raise ValueError(
+            "dvc.yaml puts this path into stage commands, which DVC runs through a shell: use "
+            "only letters, digits, '.', '_', '+', '-' and '/' (no spaces or shell characters, "
+            "not starting with '-')"
+        )
+    return value
+
+
+# A params value that dvc.yaml renders into a command (`${ingest.root}`, `${clean.overrides}`).
+CommandPath = Annotated[str, AfterValidator(_command_safe)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -30,7 +55,7 @@ class _Section(BaseModel):
 class IngestParams(_Section):
     """Where the images and their labels come from (sources a-d of the ingest stage)."""
 
-    root: str = Field(min_length=1, description="dataset folder; every input lies inside it")
+    root: CommandPath = Field(description="dataset folder; every input lies inside it")
     task: Task
     good_class: str = Field(min_length=1)
     classes: list[str] | None = Field(description="expected class names; null: infer")
@@ -111,7 +136,7 @@ class CleanParams(_Section):
     odd_size_threshold: float = Field(gt=0, le=1)
     label_issues: LabelIssueParams
     actions: CleanActions
-    overrides: str = Field(min_length=1, description="review queue CSV whose decisions win")
+    overrides: CommandPath = Field(description="review queue CSV whose decisions win")
 
     @model_validator(mode="after")
     def _check_working_size(self) -> CleanParams:

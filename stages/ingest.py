@@ -55,8 +55,10 @@ def _mask_boxes(
     masks: Path, entry: Entry, facts: ImageFacts, defects: list[str], params: IngestParams
 ) -> list[Box]:
     """Boxes from the mirrored mask of a readable defect image ([] when it has no mask)."""
-    path = mask_path_for(masks, entry.path)
-    if not defects or facts.reason is not None or not path.is_file():
+    if not defects or facts.reason is not None:
+        return []
+    path = mask_path_for(masks, entry.path)  # PathError if a link leads outside the data root
+    if not path.is_file():
         return []
     if len(defects) > 1:
         raise SourceError(

@@ -34,6 +34,8 @@ from prefect.artifacts import Artifact  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId  # noqa: E402
 from prefect.logging.handlers import APILogHandler  # noqa: E402
+from prefect.results import ResultStore, get_result_store  # noqa: E402
+from prefect.serializers import PickleSerializer  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
@@ -221,6 +223,35 @@ def test_missing_or_edited_output_reruns_its_stage(
     states = run_flow(project)
     assert states == {**dict.fromkeys(STAGES, "Cached"), "evaluate": "Completed"}
     assert thresholds.read_bytes() == expected
+
+
+class Payload:
+    """Unpickling this would create a file: proof the code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_cache_entry_is_never_loaded_the_stage_runs_instead(
+    flow_project: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    project, _ = flow_project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    spec = next(s for s in flows.read_stages(project, params) if s.name == "split")
+    key = flows.stage_key(spec, params, project)
+    settings = load_section(project / "params.yaml", "flow", FlowParams)
+    store = get_result_store().update_for_task(flows.stage_task("split", settings))
+    assert isinstance(store, ResultStore) and store.exists(key)
+    # the entry as someone with write access to the result storage could leave it
+    marker = tmp_path / "ran"
+    store.model_copy(update={"serializer": PickleSerializer()}).write(Payload(marker), key=key)
+    states = run_flow(project)
+    assert not marker.exists()
+    assert states == {**dict.fromkeys(STAGES, "Cached"), "split": "Completed"}
+    assert run_flow(project) == dict.fromkeys(STAGES, "Cached")  # rewritten as plain JSON
 
 
 def test_library_logs_reach_the_run_logs(
