@@ -10,6 +10,7 @@ resumes, and the final outputs equal the uninterrupted run's.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -30,6 +31,7 @@ from conftest import copy_project
 from pipeline.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 MANIFESTS = {
     "data/interim/ingest.parquet": "images",
@@ -265,4 +267,4 @@ def test_sigkill_at_random_points_leaves_no_torn_output_and_a_rerun_completes_it
     differing = [n for n in names if (first / n).read_bytes() != (project / n).read_bytes()]
     assert differing == []
     assert stray_temporaries(project) == []
-    print(f"kills by stage: {killed_in}; runs that completed before their kill: {completed}")
+    log.info("kills by stage: %s; runs that completed before their kill: %d", killed_in, completed)
