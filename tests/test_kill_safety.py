@@ -2,9 +2,9 @@
 
 Determinism: two uninterrupted runs in separate copies give byte-identical outputs, so equal
 dvc.lock files. Kill-safety: `dvc repro` is SIGKILLed (its whole process group, as a crash or
-the OOM killer would) at seeded random points inside each stage in turn; a watcher reads every
-manifest the moment it appears, so a half-written one would be caught being readable; each rerun
-resumes, and the final outputs equal the uninterrupted run's.
+the OOM killer would) at seeded random points, at least once inside every stage; a watcher
+reads every manifest the moment it appears, so a half-written one would be caught being
+readable; each rerun resumes, and the final outputs equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -225,11 +225,15 @@ def test_sigkill_at_random_points_leaves_no_torn_output_and_a_rerun_completes_it
     completed = 0
     watcher = Watcher(project)
     try:
-        while len(killed_in) < KILLS:
-            assert len(killed_in) + completed < 3 * KILLS, "kills keep missing their stage"
-            target = STAGES[len(killed_in) % len(STAGES)]
-            if target == "ingest" and (project / "dvc.lock").exists():
-                # a new round: back to no outputs, nothing in the run cache, no resume state
+        while len(killed_in) < KILLS or set(killed_in) != set(STAGES):
+            assert len(killed_in) + completed < 3 * KILLS, f"kills keep missing: {killed_in}"
+            # the earliest stage killed least often (a kill may land a stage late: DVC's own
+            # time between stages varies from run to run)
+            target = min(STAGES, key=lambda stage: (killed_in.count(stage), STAGES.index(stage)))
+            lock = project / "dvc.lock"
+            if lock.exists() and target in yaml.safe_load(lock.read_text())["stages"]:
+                # the target stage is done: back to no outputs, nothing in the run cache, no
+                # resume state
                 for name in ["dvc.lock", "data/interim", "data/processed", "models", "reports"]:
                     path = project / name
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -241,7 +245,7 @@ def test_sigkill_at_random_points_leaves_no_torn_output_and_a_rerun_completes_it
                 assert run.wait() == 0, run.text()
                 completed += 1
                 continue
-            time.sleep(rng.uniform(0.05, 0.95) * durations[target])
+            time.sleep(rng.uniform(0.05, 0.7) * durations[target])
             if run.process.poll() is not None:
                 assert run.wait() == 0, run.text()
                 completed += 1
@@ -261,7 +265,6 @@ def test_sigkill_at_random_points_leaves_no_torn_output_and_a_rerun_completes_it
         failures = watcher.close()
     assert failures == []
     assert watcher.reads > 0
-    assert set(killed_in) == set(STAGES), killed_in  # every stage was killed at least once
     names = outputs(first)
     assert outputs(project) == names
     differing = [n for n in names if (first / n).read_bytes() != (project / n).read_bytes()]
