@@ -47,6 +47,10 @@ JSONS = [
     "reports/evaluate/metrics.json",
     "models/thresholds.json",
 ]
+# What the watcher reads: the JSON files our stages write (atomically). DVCLive rewrites
+# reports/train/metrics.json in place every epoch, so a reader can catch it empty; no stage
+# reads it, and a killed train always runs again and rewrites it.
+WATCHED_JSONS = [name for name in JSONS if name != "reports/train/metrics.json"]
 KILLS = 10
 ENV = {
     **os.environ,
@@ -105,7 +109,8 @@ class Run:
 
 
 class Watcher:
-    """Reads every manifest and JSON output whenever it exists, until stopped; keeps what failed.
+    """Reads every manifest and watched JSON output whenever it exists, until stopped; keeps
+    what failed.
 
     Outputs are renamed into place whole, so every read must succeed or find no file."""
 
@@ -121,7 +126,7 @@ class Watcher:
         while not self.stop.is_set():
             for name, kind in MANIFESTS.items():
                 self._check(name, lambda path, kind=kind: read_manifest(path, kind))
-            for name in JSONS:
+            for name in WATCHED_JSONS:
                 self._check(name, lambda path: json.loads(path.read_bytes()))
             time.sleep(0.02)
 
