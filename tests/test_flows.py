@@ -27,7 +27,7 @@ atexit.register(shutil.rmtree, _HOME, True)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from conftest import copy_project  # noqa: E402
+from conftest import Payload, copy_project  # noqa: E402
 from PIL import Image  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.artifacts import Artifact  # noqa: E402
@@ -223,16 +223,6 @@ def test_missing_or_edited_output_reruns_its_stage(
     states = run_flow(project)
     assert states == {**dict.fromkeys(STAGES, "Cached"), "evaluate": "Completed"}
     assert thresholds.read_bytes() == expected
-
-
-class Payload:
-    """Unpickling this would create a file: proof the code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.marker,))
 
 
 def test_a_pickled_cache_entry_is_never_loaded_the_stage_runs_instead(

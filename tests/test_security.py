@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, Payload
 
 from pipeline.checkpoints import load_model, load_state
 from pipeline.errors import ApexLoopError
@@ -20,16 +20,6 @@ from pipeline.masks import mask_path_for
 from pipeline.params import Params, ParamsError, validate_section
 
 SOURCES = sorted([*(REPO / "pipeline").glob("*.py"), *(REPO / "stages").glob("*.py")])
-
-
-class Payload:
-    """Unpickling this would create a file: proof the code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.marker,))
 
 
 def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path: Path) -> None:
