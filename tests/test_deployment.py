@@ -25,6 +25,7 @@ from conftest import copy_project
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 POOL = "apexloop-process"
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 DEPLOYMENT = "retrain/nightly-retrain"
 
 
@@ -165,7 +166,7 @@ def run_deployment(server: Prefect, project: Path) -> dict[str, Any]:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         flow_run: dict[str, Any] = server.get(f"/flow_runs/{flow_run_id}")
-        if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        if flow_run["state"]["type"] in FINAL:
             assert flow_run["state"]["name"] == "Completed", server.log_tails()
             return flow_run
         time.sleep(1)
@@ -173,10 +174,24 @@ def run_deployment(server: Prefect, project: Path) -> dict[str, Any]:
 
 
 def task_states(server: Prefect, flow_run_id: str) -> dict[str, str]:
-    """The final state of each stage's task run and of the gate's (not clean's chunks')."""
-    runs = server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
-    states = {run["name"].rsplit("-", 1)[0]: run["state"]["name"] for run in runs}
-    return {name: state for name, state in states.items() if name in [*STAGES, "promote"]}
+    """The final state of each stage's task run and of the gate's (not clean's chunks').
+
+    The server records task runs from the events the worker's flow sends, a moment after
+    they happen, so a flow run can be finished before its last task run is recorded: wait
+    until every stage and the gate have a final state.
+    """
+    wanted, deadline = [*STAGES, "promote"], time.monotonic() + 60
+    while True:
+        runs = server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+        final = {
+            run["name"].rsplit("-", 1)[0]: run["state"]["name"]
+            for run in runs
+            if run["state"] and run["state"]["type"] in FINAL
+        }
+        states = {name: state for name, state in final.items() if name in wanted}
+        if len(states) == len(wanted) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def decision(server: Prefect, flow_run_id: str) -> str:
