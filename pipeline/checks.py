@@ -30,6 +30,8 @@ from pipeline.paths import resolve_inside
 
 _CHUNK = 16  # images per worker task (and per embedding batch)
 _PREVIEW_SIDE = 160  # review-page thumbnails
+_PATCH_SCALE = 128  # short side an image is scaled to before its verification patch is cut
+PATCH = 64  # side of the verification patch (near-duplicate check), pixels
 _HASH_INPUT = 64  # at least the short side the perceptual hash (on a 32 px grid) starts from
 
 # Runs `fn` on every item and returns the results in item order, wherever it likes (threads,
@@ -54,13 +56,15 @@ class Features:
     bright_p05: float  # 5th percentile of grey level, in [0, 1]
     bright_p95: float  # 95th percentile of grey level, in [0, 1]
     embedding: np.ndarray | None = None  # float32 (D,) for label issues, when asked for
-    preview: Preview | None = None  # where its preview JPEG was written, when asked for
+    preview: Blob | None = None  # where its preview JPEG was written, when asked for
+    patch: Blob | None = None  # where its verification patch was written, when asked for
 
 
 @dataclass(frozen=True)
-class Preview:
-    """A preview JPEG's bytes inside a chunk file: previews of a chunk of images are written to
-    one file (a file per image costs more in file-system calls than making the preview)."""
+class Blob:
+    """One image's bytes (a preview JPEG, a verification patch) inside a chunk file: a chunk of
+    images writes one file of each kind (a file per image costs more in file-system calls than
+    making its contents)."""
 
     file: Path
     offset: int
@@ -101,6 +105,28 @@ def _hash_input(grey: np.ndarray) -> Image.Image:
     factor = max(1, min(grey.shape) // _HASH_INPUT)
     image = Image.fromarray(grey)
     return image.reduce(factor) if factor > 1 else image
+
+
+def verification_patch(grey: np.ndarray) -> np.ndarray:
+    """(PATCH, PATCH) uint8: the centre of the image, shrunk so its short side is at most
+    _PATCH_SCALE (never enlarged: that would invent texture), mirrored out to PATCH if smaller.
+
+    Fine texture at a fixed scale, which the near-duplicate check correlates: a re-encoded,
+    resampled or slightly shifted copy keeps it, another part of the same kind does not.
+    """
+    scale = _PATCH_SCALE / min(grey.shape)
+    if scale < 1:
+        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    short_y, short_x = max(0, PATCH - grey.shape[0]), max(0, PATCH - grey.shape[1])
+    if short_y or short_x:
+        grey = np.pad(
+            grey,
+            ((short_y // 2, short_y - short_y // 2), (short_x // 2, short_x - short_x // 2)),
+            mode="symmetric",
+        )
+    top, left = (grey.shape[0] - PATCH) // 2, (grey.shape[1] - PATCH) // 2
+    return np.ascontiguousarray(grey[top : top + PATCH, left : left + PATCH])
 
 
 def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size: int) -> Features:
@@ -152,15 +178,27 @@ def odd_size_score(width: int, height: int, min_side: int) -> float:
     return max(1.0 - short / long, max(0.0, 1.0 - short / min_side))
 
 
-def _write_previews(
-    file: Path, images: list[Image.Image], greys: list[np.ndarray]
-) -> list[Preview]:
-    """Preview JPEGs of a chunk of images, written one after another to `file`."""
-    pairs = zip(images, greys, strict=True)
-    blobs = [preview_jpeg(image, grey, _PREVIEW_SIDE) for image, grey in pairs]
+def _write_blobs(file: Path, blobs: list[bytes]) -> list[Blob]:
+    """Write a chunk's blobs one after another to `file`; where each lies."""
     file.write_bytes(b"".join(blobs))
     offsets = np.cumsum([0, *map(len, blobs)])
-    return [Preview(file, int(offsets[k]), len(blob)) for k, blob in enumerate(blobs)]
+    return [Blob(file, int(offsets[k]), len(blob)) for k, blob in enumerate(blobs)]
+
+
+def gather_patches(features: Sequence[Features | None], out: Path) -> np.ndarray:
+    """(N, PATCH, PATCH) uint8 array on disk (`out`, .npy, memory-mapped) of each row's
+    verification patch, zeros where a row has none; each chunk file is read once."""
+    patches = np.lib.format.open_memmap(out, "w+", np.uint8, (len(features), PATCH, PATCH))
+    rows_of: dict[Path, list[tuple[int, Blob]]] = {}
+    for row, feature in enumerate(features):
+        if feature is not None and feature.patch is not None:
+            rows_of.setdefault(feature.patch.file, []).append((row, feature.patch))
+    for file, blobs in rows_of.items():
+        data = np.frombuffer(file.read_bytes(), np.uint8)
+        for row, blob in blobs:
+            patches[row] = data[blob.offset : blob.offset + blob.length].reshape(PATCH, PATCH)
+    patches.flush()
+    return np.load(out, mmap_mode="r")
 
 
 def _features_of_chunk(
@@ -168,18 +206,24 @@ def _features_of_chunk(
     root: Path,
     params: CleanParams,
     embedding: str | None,
-    previews: Path | None,
+    scratch: Path | None,
 ) -> list[Features]:
     """Features of a chunk of images (row index, path under `root`, pixels), each decoded once;
-    embeddings computed as one batch; previews written to one file in `previews` if given."""
+    embeddings computed as one batch; with `scratch` (a folder), the chunk's preview JPEGs and
+    verification patches are written there, a file of each."""
     images = [open_image(resolve_inside(root, path), pixels) for _, path, pixels in jobs]
     greys = [grey_u8(image) for image in images]
     found = [
         _measure(i, g, params.hash, params.working_size) for i, g in zip(images, greys, strict=True)
     ]
-    if previews is not None:
-        shown = _write_previews(previews / f"{jobs[0][0]}.jpgs", images, greys)
-        found = [replace(f, preview=p) for f, p in zip(found, shown, strict=True)]
+    if scratch is not None:
+        pairs = zip(images, greys, strict=True)
+        jpegs = [preview_jpeg(image, grey, _PREVIEW_SIDE) for image, grey in pairs]
+        shown = _write_blobs(scratch / f"{jobs[0][0]}.jpgs", jpegs)
+        cut = _write_blobs(
+            scratch / f"{jobs[0][0]}.patches", [verification_patch(g).tobytes() for g in greys]
+        )
+        found = [replace(f, preview=p, patch=c) for f, p, c in zip(found, shown, cut, strict=True)]
     if embedding is None:
         return found
     vectors = embed_batch(images, greys, embedding, params.label_issues.embedding_size)
@@ -197,15 +241,16 @@ def compute_features(
     rows: Sequence[dict[str, Any]],
     params: CleanParams,
     embedding: str | None = None,
-    previews: Path | None = None,
+    scratch: Path | None = None,
     mapper: Mapper | None = None,
 ) -> list[Features | None]:
     """Features of every readable row (None for unreadable ones), in row order.
 
     Chunks of images are decoded in `params.workers` processes; only small records (and
-    embeddings when `embedding` names a kind) come back, never pixels. With `previews` (a
-    folder), each readable image's preview JPEG is made from the same decode and written there
-    (`Features.preview` says where), so memory stays flat however many images there are.
+    embeddings when `embedding` names a kind) come back, never pixels. With `scratch` (a
+    folder), each readable image's preview JPEG and verification patch are made from the same
+    decode and written there (`Features.preview` and `.patch` say where), so memory stays flat
+    however many images there are.
     `mapper` (fn, chunks) -> results in chunk order replaces the local process pool, e.g. with
     an orchestrator's task runner; the work it ships gets absolute paths, so it does not
     depend on the working directory of whoever runs it.
@@ -215,9 +260,9 @@ def compute_features(
     chunks = [jobs[start : start + _CHUNK] for start in range(0, len(jobs), _CHUNK)]
     if mapper is not None:
         root = root.absolute()
-        previews = previews.absolute() if previews is not None else None
+        scratch = scratch.absolute() if scratch is not None else None
     work = partial(
-        _features_of_chunk, root=root, params=params, embedding=embedding, previews=previews
+        _features_of_chunk, root=root, params=params, embedding=embedding, scratch=scratch
     )
     if mapper is not None:
         found = [features for result in mapper(work, chunks) for features in result]

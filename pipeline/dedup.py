@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from itertools import combinations
 from math import comb
 from typing import Any
 
 import numpy as np
+import scipy.fft
+import scipy.ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.manifest import GROUP_COLUMNS
 
 _CHUNK = 16384  # queries per vectorised step: bounds memory
+_PAIRS_PER_STEP = 1024  # pairs correlated per vectorised step: bounds memory
+MAX_SHIFT = 4  # pixels (of the verification patch's scale) a near duplicate may be moved by
 
 
 def group_exact_duplicates(keys: Sequence[Hashable | None]) -> list[int | None]:
@@ -100,12 +104,77 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     return np.unique(np.concatenate(found), axis=0)
 
 
-def group_near_duplicates(hashes: Sequence[int | None], max_distance: int) -> list[int | None]:
+def _whitened_spectra(patches: np.ndarray) -> np.ndarray:
+    """(K, P, P//2+1) complex64: the spectrum of each patch's fine texture, near-whitened and
+    scaled so the patch correlates with itself at exactly 1. A flat patch has none (zeros).
+
+    The texture is the patch minus its Gaussian blur (sigma 3 px), squashed by tanh at twice
+    its median absolute deviation, so a few strong edges (a hole, a part's outline, which
+    other parts of the kind share) weigh no more than the grain. Its spectrum (Hann window)
+    is divided by its magnitude plus half its mean magnitude: correlation then weighs the
+    arrangement of texture at every frequency rather than the energy of the strongest, and
+    bands an image hardly has (smooth or upscaled images) are not amplified into noise.
+    """
+    side = patches.shape[-1]
+    x = patches.astype(np.float32)
+    x -= scipy.ndimage.gaussian_filter(x, sigma=(0, 3, 3), mode="reflect")
+    deviation = np.median(np.abs(x - np.median(x, axis=(1, 2), keepdims=True)), axis=(1, 2))
+    x = np.tanh(x / (2 * deviation[:, None, None] + 1e-3))
+    window = np.outer(np.hanning(side), np.hanning(side)).astype(np.float32)
+    x = (x - x.mean(axis=(1, 2), keepdims=True)) * window
+    spectra = scipy.fft.rfft2(x)
+    magnitude = np.abs(spectra)
+    spectra /= magnitude + 0.5 * magnitude.mean(axis=(1, 2), keepdims=True) + 1e-6
+    # each rfft column but the first and last stands for two of the full spectrum's
+    counted = np.full(spectra.shape[-1], 2.0)
+    counted[0] = counted[-1] = 1.0
+    energy = (np.abs(spectra) ** 2 * counted).sum(axis=(1, 2)) / side**2
+    scale = np.where(energy > 1e-12, 1 / np.sqrt(np.maximum(energy, 1e-12)), 0)
+    return (spectra * scale[:, None, None]).astype(np.complex64)
+
+
+def patch_correlation(
+    patches: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
+) -> np.ndarray:
+    """(M,) float in [-1, 1]: for each pair (i, j) of rows of `patches` (N, P, P), the peak of
+    their phase correlation over shifts of at most `max_shift` px along each axis.
+
+    1 for identical patches (up to a shift in range); near 0 for unrelated texture. Phase
+    correlation is standard image registration (Kuglin and Hines); here only its peak value
+    is used, as evidence that two images show the same surface.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    side = patches.shape[-1]
+    shifts = np.r_[0 : max_shift + 1, side - max_shift : side]
+    peaks = np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), _PAIRS_PER_STEP):
+        step = pairs[start : start + _PAIRS_PER_STEP]
+        rows, where = np.unique(step, return_inverse=True)
+        spectra = _whitened_spectra(np.asarray(patches[rows]))
+        where = where.reshape(-1, 2)
+        cross = spectra[where[:, 0]] * np.conj(spectra[where[:, 1]])
+        surface = scipy.fft.irfft2(cross, s=(side, side))  # (S, P, P)
+        near = surface[:, shifts][:, :, shifts]
+        peaks[start : start + len(step)] = near.reshape(len(step), -1).max(axis=1)
+    return peaks
+
+
+def group_near_duplicates(
+    hashes: Sequence[int | None],
+    max_distance: int,
+    confirm: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[int | None]:
     """Group ids (numbered as in group_exact_duplicates) of rows connected by chains of
-    near-duplicate pairs; rows with no hash or no near duplicate get None."""
-    present = [index for index, value in enumerate(hashes) if value is not None]
+    near-duplicate pairs; rows with no hash or no near duplicate get None.
+
+    A pair is near when its hashes lie within `max_distance` bits and, if `confirm` is given,
+    confirm(pairs of row indices (M, 2)) -> (M,) bool says so (e.g. by correlating texture).
+    """
+    present = np.array([index for index, value in enumerate(hashes) if value is not None])
     values = np.array([hashes[index] for index in present], dtype=np.uint64)
     pairs = near_duplicate_pairs(values, max_distance)
+    if confirm is not None and len(pairs):
+        pairs = pairs[confirm(present[pairs])]
     graph = coo_matrix(
         (np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(values), len(values))
     )

@@ -128,6 +128,9 @@ class CleanParams(_Section):
     working_size: int = Field(ge=0, description="longest side for blur/brightness; 0 = native")
     hash: Literal["phash", "dhash", "whash", "ahash"]
     near_duplicate_max_distance: int = Field(ge=0, le=16, description="Hamming bits of 64")
+    near_duplicate_min_correlation: float = Field(
+        ge=0, le=1, description="texture phase correlation confirming a hash match; 0 = off"
+    )
     blur_absolute: float = Field(ge=0, description="Laplacian variance below this is blurry")
     blur_relative: float = Field(ge=0, le=1, description="... or below this x class median")
     dark_threshold: float = Field(gt=0, le=1)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.checks import Preview
+from pipeline.checks import Blob
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import CHECKS, GROUP_COLUMNS, SCORED_CHECKS, TaskInfo
 from pipeline.paths import write_text_atomic
@@ -40,7 +40,7 @@ def _found(issue: dict[str, Any]) -> list[str]:
     return [check for check in CHECKS if issue[f"is_{check}_issue"]]
 
 
-def _thumbnail(preview: Preview | None) -> str:
+def _thumbnail(preview: Blob | None) -> str:
     """A data: URI of the image's preview JPEG, or '' when it has none (unreadable)."""
     if preview is None:
         return ""
@@ -95,7 +95,7 @@ def _section(
 def write_review_page(
     path: Path,
     issues: Sequence[dict[str, Any]],
-    previews: Sequence[Preview | None],
+    previews: Sequence[Blob | None],
     info: TaskInfo,
 ) -> None:
     """The self-contained HTML review page of every image with a found issue (`previews`: each

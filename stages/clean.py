@@ -2,7 +2,8 @@
 
 Decodes every readable image once (in `clean.workers` processes) for all checks: exact
 duplicates (hash of the decoded pixels), near duplicates (perceptual hash within a Hamming
-distance, grouped by connected components), duplicates carrying different labels, blur
+distance, confirmed by the phase correlation of the images' fine texture, grouped by connected
+components), duplicates carrying different labels, blur
 (Laplacian variance, absolute and relative to the image's class), dark, light and odd-size
 images. Each issue type's action is a param: remove, flag (kept, marked) or off. Of a duplicate
 group the first path in sorted order is kept; a group whose members carry different labels is
@@ -24,12 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checks import Features, Mapper, Preview, compute_features, score_checks
+from pipeline.checks import (
+    Blob,
+    Features,
+    Mapper,
+    compute_features,
+    gather_patches,
+    score_checks,
+)
 from pipeline.dedup import (
     group_exact_duplicates,
     group_near_duplicates,
     mark_conflicts,
     mark_duplicates,
+    patch_correlation,
 )
 from pipeline.embeddings import resolve_kind
 from pipeline.labels import assess_multiclass, assess_multilabel
@@ -107,22 +116,38 @@ def _label_step(
     return {"embedding": kind, "skipped_reason": None, "skipped_classes": skipped}
 
 
+def _near_duplicates(
+    hashes: list[int | None], features: list[Features | None], params: CleanParams, scratch: Path
+) -> list[int | None]:
+    """Near-duplicate groups: hashes within the tolerance, confirmed (unless the threshold is
+    0) by the phase correlation of the two images' verification patches."""
+    threshold = params.near_duplicate_min_correlation
+    if threshold == 0:
+        return group_near_duplicates(hashes, params.near_duplicate_max_distance)
+    patches = gather_patches(features, scratch)
+
+    def confirm(pairs: np.ndarray) -> np.ndarray:
+        return patch_correlation(patches, pairs) >= threshold
+
+    return group_near_duplicates(hashes, params.near_duplicate_max_distance, confirm)
+
+
 def find_issues(
     root: Path,
     rows: list[dict[str, Any]],
     params: CleanParams,
     info: TaskInfo,
-    previews: Path,
+    scratch: Path,
     mapper: Mapper | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[Preview | None]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[Blob | None]]:
     """Issue rows (every input row plus its features, groups, scores, flags and action), the
-    label-issue step's summary, and each row's preview JPEG (written to `previews`)."""
+    label-issue step's summary, and each row's preview JPEG (written to `scratch`)."""
     kind = None if params.actions.label == "off" else resolve_kind(params.label_issues.embedding)
-    features = compute_features(root, rows, params, kind, previews, mapper=mapper)
+    features = compute_features(root, rows, params, kind, scratch, mapper=mapper)
     pixel = [f.pixel_sha256 if f else None for f in features]
     hashes = [f.perceptual_hash if f else None for f in features]
     near = (
-        group_near_duplicates(hashes, params.near_duplicate_max_distance)
+        _near_duplicates(hashes, features, params, scratch / "patches.npy")
         if params.actions.near_duplicate != "off"
         else [None] * len(rows)
     )
@@ -227,11 +252,11 @@ def run(
     per-image work (see `compute_features`); None: `clean.workers` local processes."""
     rows, info = read_manifest(manifest, "images")
     decisions = read_overrides(Path(params.overrides), {row["path"] for row in rows}, info)
-    # previews are scratch files beside the review page (same file system as the outputs)
+    # previews and patches are scratch files beside the review page (same file system)
     review.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".previews-", dir=review.parent) as previews:
+    with tempfile.TemporaryDirectory(prefix=".previews-", dir=review.parent) as scratch:
         issues, label_step, shown = find_issues(
-            root, rows, params, info, Path(previews), mapper=mapper
+            root, rows, params, info, Path(scratch), mapper=mapper
         )
         apply_overrides(issues, decisions)
         write_review_page(review, issues, shown, info)

@@ -24,13 +24,16 @@ from pipeline.checks import (
     blur_score,
     compute_features,
     dark_score,
+    gather_patches,
     grey_u8,
     image_features,
     light_score,
     odd_size_score,
     score_checks,
+    verification_patch,
 )
-from pipeline.io import ImageReadError
+from pipeline.dedup import patch_correlation
+from pipeline.io import ImageReadError, open_image
 from pipeline.params import CleanParams, load_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,6 +320,54 @@ def test_an_image_changed_since_ingest_names_its_file(tmp_path: Path) -> None:
     params = clean_params(workers=1)
     with pytest.raises(ImageReadError, match=r"grown\.png"):
         compute_features(tmp_path, rows, params)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_scratch_gets_previews_and_the_patches_of_readable_rows_in_row_order(
+    tmp_path: Path, workers: int
+) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "scratch").mkdir()
+    rows = []
+    for index in range(20):  # more than one chunk
+        texture(30 + index, (48, 40)).save(tmp_path / "images" / f"{index}.png")
+        rows.append(_row(f"images/{index}.png", (48, 40)))
+    rows.insert(3, _row("images/broken.png", None))
+    found = compute_features(
+        tmp_path, rows, clean_params(workers=workers), None, tmp_path / "scratch"
+    )
+    patches = gather_patches(found, tmp_path / "scratch/patches.npy")
+    assert patches.shape == (21, checks.PATCH, checks.PATCH)
+    assert not patches[3].any()
+    for row, feature in zip(rows, found, strict=True):
+        if feature is None:
+            continue
+        grey = grey_u8(open_image(tmp_path / row["path"], MAX_PIXELS))
+        assert np.array_equal(patches[rows.index(row)], verification_patch(grey))
+        assert feature.preview is not None and feature.preview.read()[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 2), (10, 200), (48, 48), (400, 630), (5000, 20)])
+def test_verification_patch_has_one_shape_for_any_image(shape: tuple[int, int]) -> None:
+    grey = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    assert verification_patch(grey).shape == (checks.PATCH, checks.PATCH)
+
+
+def test_small_images_are_mirrored_out_not_enlarged() -> None:
+    grey = np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)
+    patch = verification_patch(grey)
+    assert np.array_equal(patch[8:56, 12:52], grey)
+
+
+def test_a_half_size_copy_has_the_patch_of_its_original() -> None:
+    """Patches are cut at one scale, so a downscaled copy still matches its original."""
+    big = np.asarray(texture(5, (640, 512), cells=100).convert("L"))
+    half = cv2.resize(big, (320, 256), interpolation=cv2.INTER_AREA)
+    other = np.asarray(texture(6, (640, 512), cells=100).convert("L"))
+    patches = np.stack([verification_patch(g) for g in (big, half, other)])
+    same, different = patch_correlation(patches, np.array([[0, 1], [0, 2]]))
+    assert same > 0.8
+    assert different < 0.2
 
 
 # --- scores ----------------------------------------------------------------------------------

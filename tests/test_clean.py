@@ -78,6 +78,7 @@ THRESHOLDS = {
     "working_size": 512,
     "hash": "phash",
     "near_duplicate_max_distance": 4,
+    "near_duplicate_min_correlation": 0.4,
     "blur_absolute": 20.0,
     "blur_relative": 0.1,
     "dark_threshold": 0.85,
@@ -413,6 +414,41 @@ def test_near_duplicates_are_grouped_and_first_sorted_path_is_kept(
         assert rows[name]["near_dup_group"] is None, name
         assert not rows[name]["is_near_duplicate_issue"]
         assert not rows[name]["is_conflicting_label_issue"]
+
+
+def _surface(base: np.ndarray, seed: int) -> Image.Image:
+    """`base` (the shape and lighting of a kind of part) with one part's own fine grain."""
+    grain = np.random.default_rng(seed).normal(0, 6, base.shape)
+    return Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8), "L")
+
+
+def test_a_hash_match_is_a_near_duplicate_only_if_the_texture_agrees(tmp_path: Path) -> None:
+    """Two parts of one kind, shot alike, share their perceptual hash but not their surface;
+    a shifted copy of one shares both."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    cells = rng.integers(60, 200, (6, 6), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(cells).resize((96, 96), Image.Resampling.BICUBIC), float)
+    _surface(base, 1).save(root / "images/s1_part.png")
+    _surface(base, 2).save(root / "images/s2_other_part.png")
+    moved = np.roll(np.asarray(_surface(base, 1)), (2, -1), axis=(0, 1))
+    Image.fromarray(moved).save(root / "images/s3_copy_moved.png")
+    names = ["s1_part.png", "s2_other_part.png", "s3_copy_moved.png"]
+    dataset = (root, _ingest(tmp_path, root, dict.fromkeys(names, "good")))
+
+    for run in ("checked", "unchecked"):
+        (tmp_path / run).mkdir()
+    whash = {"hash": "whash"}  # the repository's default hash (phash sees the pair as far)
+    _, rows, _ = _run_clean(tmp_path / "checked", dataset, whash)
+    hashes = [rows[name]["perceptual_hash"] for name in names]
+    assert all((a ^ b).bit_count() <= 4 for a in hashes for b in hashes)  # all hash-near
+    assert [rows[name]["near_dup_group"] for name in names] == [0, None, 0]
+    assert _found(rows, "near_duplicate") == {"s3_copy_moved.png"}
+
+    unchecked = {**whash, "near_duplicate_min_correlation": 0.0}  # the hash alone decides
+    _, rows, _ = _run_clean(tmp_path / "unchecked", dataset, unchecked)
+    assert [rows[name]["near_dup_group"] for name in names] == [0, 0, 0]
 
 
 def test_first_sorted_path_is_kept_whatever_the_manifest_order(

@@ -7,6 +7,7 @@ from typing import Any
 from unittest.mock import patch
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from pipeline.dedup import (
     mark_conflicts,
     mark_duplicates,
     near_duplicate_pairs,
+    patch_correlation,
 )
 
 # A small alphabet so that repeated keys are common.
@@ -225,6 +227,73 @@ def test_near_groups_of_nothing() -> None:
     assert group_near_duplicates([], 4) == []
     assert group_near_duplicates([None, None], 4) == [None, None]
     assert group_near_duplicates([7], 4) == [None]
+
+
+def test_confirm_sees_row_indices_and_its_refusals_cut_the_group() -> None:
+    x = 0xAAAA_AAAA_AAAA_AAAA
+    hashes: list[int | None] = [x, None, x ^ 1, x ^ 3, None, x]
+    seen: list[tuple[int, int]] = []
+
+    def confirm(pairs: np.ndarray) -> np.ndarray:
+        seen.extend(map(tuple, pairs.tolist()))
+        return np.array([3 not in pair for pair in pairs.tolist()])
+
+    assert group_near_duplicates(hashes, 2, confirm) == [0, None, 0, None, None, 0]
+    # every hash-near pair, named by row (rows without a hash are skipped, not renumbered)
+    assert sorted(seen) == [(0, 2), (0, 3), (0, 5), (2, 3), (2, 5), (3, 5)]
+    assert group_near_duplicates(hashes, 2) == [0, None, 0, 0, None, 0]
+
+
+# --- patch_correlation -----------------------------------------------------------------------
+
+
+def surface(seed: int, side: int = 64) -> np.ndarray:
+    """A part's surface: a lighting gradient (what unrelated parts share) plus fine grain."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(60, 180, side)[None, :] + np.linspace(0, 30, side)[:, None]
+    grain = rng.normal(0, 12, (side, side))
+    grain = (grain + np.roll(grain, 1, 0) + np.roll(grain, 1, 1)) / 3  # a little spatial scale
+    return np.clip(ramp + grain, 0, 255).astype(np.uint8)
+
+
+def test_identical_and_relit_patches_correlate_fully() -> None:
+    a = surface(0)
+    relit = np.clip(a.astype(float) * 0.8 + 20, 0, 255).astype(np.uint8)
+    patches = np.stack([a, a, relit, np.full_like(a, 128)])
+    found = patch_correlation(patches, np.array([[0, 1], [0, 2], [1, 0], [0, 3], [3, 3]]))
+    assert found[0] == pytest.approx(1.0, abs=1e-4)
+    assert found[1] > 0.95  # brightness and contrast do not matter
+    assert found[2] == pytest.approx(found[0])  # symmetric
+    # a flat patch has no texture to agree with, not even its own
+    assert found[3] == found[4] == 0.0
+
+
+def test_shifts_count_up_to_max_shift_only() -> None:
+    a = surface(1)
+    moved = np.roll(a, (3, -2), axis=(0, 1))
+    far = np.roll(a, (9, 0), axis=(0, 1))
+    patches = np.stack([a, moved, far])
+    pairs = np.array([[0, 1], [0, 2]])
+    near_shift, far_shift = patch_correlation(patches, pairs, max_shift=4)
+    assert near_shift > 0.8
+    assert far_shift < 0.2  # the same surface, but further off than allowed
+    assert patch_correlation(patches, pairs[1:], max_shift=9)[0] > 0.7
+
+
+def test_unrelated_surfaces_with_the_same_lighting_do_not_correlate() -> None:
+    patches = np.stack([surface(seed) for seed in range(6)])
+    pairs = np.array([(i, j) for i in range(6) for j in range(i + 1, 6)])
+    assert patch_correlation(patches, pairs).max() < 0.2
+
+
+def test_many_pairs_are_correlated_in_steps_like_one_at_a_time() -> None:
+    patches = np.stack([surface(seed % 5) for seed in range(40)])
+    pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])  # 780 > a step
+    with patch.object(dedup, "_PAIRS_PER_STEP", 64):
+        stepped = patch_correlation(patches, pairs)
+    alone = np.concatenate([patch_correlation(patches, pair[None]) for pair in pairs])
+    np.testing.assert_allclose(stepped, alone, atol=1e-5)
+    assert patch_correlation(patches, np.empty((0, 2), dtype=np.int64)).shape == (0,)
 
 
 # --- mark_duplicates / mark_conflicts --------------------------------------------------------
