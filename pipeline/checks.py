@@ -30,7 +30,7 @@ from pipeline.paths import resolve_inside
 
 _CHUNK = 16  # images per worker task (and per embedding batch)
 _PREVIEW_SIDE = 160  # review-page thumbnails
-_PATCH_SCALE = 128  # short side an image is scaled to before its verification patch is cut
+_PATCH_SCALE = 128  # a larger short side is shrunk to this before the verification patch is cut
 PATCH = 64  # side of the verification patch (near-duplicate check), pixels
 _HASH_INPUT = 64  # at least the short side the perceptual hash (on a 32 px grid) starts from
 

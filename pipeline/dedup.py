@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from itertools import combinations
 from math import comb
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import scipy.fft
-import scipy.ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -17,6 +18,7 @@ from pipeline.manifest import GROUP_COLUMNS
 
 _CHUNK = 16384  # queries per vectorised step: bounds memory
 _PAIRS_PER_STEP = 1024  # pairs correlated per vectorised step: bounds memory
+_ROWS_PER_STEP = 1024  # patches turned into spectra per vectorised step: bounds memory
 MAX_SHIFT = 4  # pixels (of the verification patch's scale) a near duplicate may be moved by
 
 
@@ -104,7 +106,7 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     return np.unique(np.concatenate(found), axis=0)
 
 
-def _whitened_spectra(patches: np.ndarray) -> np.ndarray:
+def _spectra_of(patches: np.ndarray) -> np.ndarray:
     """(K, P, P//2+1) complex64: the spectrum of each patch's fine texture, near-whitened and
     scaled so the patch correlates with itself at exactly 1. A flat patch has none (zeros).
 
@@ -117,7 +119,7 @@ def _whitened_spectra(patches: np.ndarray) -> np.ndarray:
     """
     side = patches.shape[-1]
     x = patches.astype(np.float32)
-    x -= scipy.ndimage.gaussian_filter(x, sigma=(0, 3, 3), mode="reflect")
+    x -= np.stack([cv2.GaussianBlur(p, (0, 0), 3, borderType=cv2.BORDER_REFLECT) for p in x])
     deviation = np.median(np.abs(x - np.median(x, axis=(1, 2), keepdims=True)), axis=(1, 2))
     x = np.tanh(x / (2 * deviation[:, None, None] + 1e-3))
     window = np.outer(np.hanning(side), np.hanning(side)).astype(np.float32)
@@ -133,30 +135,53 @@ def _whitened_spectra(patches: np.ndarray) -> np.ndarray:
     return (spectra * scale[:, None, None]).astype(np.complex64)
 
 
-def patch_correlation(
-    patches: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
+def texture_spectra(patches: np.ndarray, out: Path | None = None) -> np.ndarray:
+    """(N, P, P//2+1) complex64: each patch's texture spectrum (see _spectra_of), computed
+    once per patch, a step of rows at a time; with `out` (.npy) the array is written there
+    and memory-mapped, so memory stays flat however many patches there are."""
+    side = patches.shape[-1]
+    shape = (len(patches), side, side // 2 + 1)
+    spectra = (
+        np.lib.format.open_memmap(out, "w+", np.complex64, shape)
+        if out is not None
+        else np.empty(shape, np.complex64)
+    )
+    for start in range(0, len(patches), _ROWS_PER_STEP):
+        spectra[start : start + _ROWS_PER_STEP] = _spectra_of(
+            np.asarray(patches[start : start + _ROWS_PER_STEP])
+        )
+    return spectra
+
+
+def spectra_correlation(
+    spectra: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
 ) -> np.ndarray:
-    """(M,) float in [-1, 1]: for each pair (i, j) of rows of `patches` (N, P, P), the peak of
-    their phase correlation over shifts of at most `max_shift` px along each axis.
+    """(M,) float in [-1, 1]: for each pair (i, j) of rows of `spectra` (texture_spectra of
+    patches of side P), the peak of their phase correlation over shifts of at most
+    `max_shift` px along each axis.
 
     1 for identical patches (up to a shift in range); near 0 for unrelated texture. Phase
     correlation is standard image registration (Kuglin and Hines); here only its peak value
     is used, as evidence that two images show the same surface.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    side = patches.shape[-1]
+    side = spectra.shape[-2]
     shifts = np.r_[0 : max_shift + 1, side - max_shift : side]
     peaks = np.empty(len(pairs), dtype=np.float32)
     for start in range(0, len(pairs), _PAIRS_PER_STEP):
         step = pairs[start : start + _PAIRS_PER_STEP]
-        rows, where = np.unique(step, return_inverse=True)
-        spectra = _whitened_spectra(np.asarray(patches[rows]))
-        where = where.reshape(-1, 2)
-        cross = spectra[where[:, 0]] * np.conj(spectra[where[:, 1]])
+        cross = spectra[step[:, 0]] * np.conj(spectra[step[:, 1]])
         surface = scipy.fft.irfft2(cross, s=(side, side))  # (S, P, P)
         near = surface[:, shifts][:, :, shifts]
         peaks[start : start + len(step)] = near.reshape(len(step), -1).max(axis=1)
     return peaks
+
+
+def patch_correlation(
+    patches: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
+) -> np.ndarray:
+    """spectra_correlation of the texture spectra of (a few, in memory) `patches`."""
+    return spectra_correlation(texture_spectra(patches), pairs, max_shift)
 
 
 def group_near_duplicates(

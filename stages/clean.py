@@ -38,7 +38,8 @@ from pipeline.dedup import (
     group_near_duplicates,
     mark_conflicts,
     mark_duplicates,
-    patch_correlation,
+    spectra_correlation,
+    texture_spectra,
 )
 from pipeline.embeddings import resolve_kind
 from pipeline.labels import assess_multiclass, assess_multilabel
@@ -124,10 +125,11 @@ def _near_duplicates(
     threshold = params.near_duplicate_min_correlation
     if threshold == 0:
         return group_near_duplicates(hashes, params.near_duplicate_max_distance)
-    patches = gather_patches(features, scratch)
+    patches = gather_patches(features, scratch / "patches.npy")
+    spectra = texture_spectra(patches, scratch / "spectra.npy")
 
     def confirm(pairs: np.ndarray) -> np.ndarray:
-        return patch_correlation(patches, pairs) >= threshold
+        return spectra_correlation(spectra, pairs) >= threshold
 
     return group_near_duplicates(hashes, params.near_duplicate_max_distance, confirm)
 
@@ -147,7 +149,7 @@ def find_issues(
     pixel = [f.pixel_sha256 if f else None for f in features]
     hashes = [f.perceptual_hash if f else None for f in features]
     near = (
-        _near_duplicates(hashes, features, params, scratch / "patches.npy")
+        _near_duplicates(hashes, features, params, scratch)
         if params.actions.near_duplicate != "off"
         else [None] * len(rows)
     )

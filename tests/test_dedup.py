@@ -289,7 +289,7 @@ def test_unrelated_surfaces_with_the_same_lighting_do_not_correlate() -> None:
 def test_many_pairs_are_correlated_in_steps_like_one_at_a_time() -> None:
     patches = np.stack([surface(seed % 5) for seed in range(40)])
     pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])  # 780 > a step
-    with patch.object(dedup, "_PAIRS_PER_STEP", 64):
+    with patch.object(dedup, "_PAIRS_PER_STEP", 64), patch.object(dedup, "_ROWS_PER_STEP", 7):
         stepped = patch_correlation(patches, pairs)
     alone = np.concatenate([patch_correlation(patches, pair[None]) for pair in pairs])
     np.testing.assert_allclose(stepped, alone, atol=1e-5)
