@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.dedup import texture_spectra
 from pipeline.embeddings import embed_batch
 from pipeline.io import grey_u8, open_image, pixel_sha256, preview_jpeg
 from pipeline.params import CleanParams
@@ -38,10 +39,34 @@ _HASH_INPUT = 64  # at least the short side the perceptual hash (on a 32 px grid
 # processes, a cluster): the clean stage's hook for an orchestrator's task runner.
 Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
 
+
+def whash(image: Image.Image) -> imagehash.ImageHash:
+    """imagehash.whash(image) (Haar, 8x8, lowest LL removed), computed directly.
+
+    With the Haar wavelet, the level-k LL band of the image resized to 2^n px is its 8x8 block
+    sums (scaled), and removing the lowest LL subtracts the same mean from every block, which
+    a comparison with the median ignores: so the hash is "block sum > median block sum". This
+    gives imagehash's bits (where no block sums tie at the median: on flat images imagehash's
+    bits are the sign of floating-point round-off, here they are 0) in a tenth of the time of
+    its round trip through PyWavelets.
+    """
+    scale = max(2 ** int(np.log2(min(image.size))), 8)
+    resized = image.convert("L").resize((scale, scale), Image.Resampling.LANCZOS)
+    block = scale // 8
+    sums = np.asarray(resized, dtype=np.int64).reshape(8, block, 8, block).sum(axis=(1, 3))
+    return imagehash.ImageHash(sums > np.median(sums))
+
+
+def hash_value(found: imagehash.ImageHash) -> int:
+    """A 64-bit hash's bits as an unsigned integer, first bit highest: int(str(found), 16)
+    without the hex string."""
+    return int.from_bytes(np.packbits(found.hash.ravel()).tobytes(), "big")
+
+
 HASHES: dict[str, Callable[[Image.Image], imagehash.ImageHash]] = {
     "phash": imagehash.phash,
     "dhash": imagehash.dhash,
-    "whash": imagehash.whash,
+    "whash": whash,
     "ahash": imagehash.average_hash,
 }
 
@@ -57,12 +82,12 @@ class Features:
     bright_p95: float  # 95th percentile of grey level, in [0, 1]
     embedding: np.ndarray | None = None  # float32 (D,) for label issues, when asked for
     preview: Blob | None = None  # where its preview JPEG was written, when asked for
-    patch: Blob | None = None  # where its verification patch was written, when asked for
+    spectrum: Blob | None = None  # where its patch's texture spectrum was written, when asked for
 
 
 @dataclass(frozen=True)
 class Blob:
-    """One image's bytes (a preview JPEG, a verification patch) inside a chunk file: a chunk of
+    """One image's bytes (a preview JPEG, a texture spectrum) inside a chunk file: a chunk of
     images writes one file of each kind (a file per image costs more in file-system calls than
     making its contents)."""
 
@@ -89,7 +114,7 @@ def _working(grey: np.ndarray, working_size: int) -> np.ndarray:
 def _percentiles(grey: np.ndarray, qs: Sequence[float]) -> list[float]:
     """np.percentile(grey, qs) (linear interpolation) of 8-bit pixels from their histogram:
     one counting pass instead of a partial sort per percentile."""
-    cumulative = np.cumsum(np.bincount(grey.ravel(), minlength=256))  # (256,)
+    cumulative = np.cumsum(cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel())  # (256,)
     found = []
     for q in qs:
         rank = (grey.size - 1) * q / 100.0
@@ -114,6 +139,9 @@ def verification_patch(grey: np.ndarray) -> np.ndarray:
     Fine texture at a fixed scale, which the near-duplicate check correlates: a re-encoded,
     resampled or slightly shifted copy keeps it, another part of the same kind does not.
     """
+    factor = min(grey.shape) // _PATCH_SCALE
+    if factor > 1:  # an integer box filter does most of the shrinking, at a third of the cost
+        grey = np.asarray(Image.fromarray(grey).reduce(factor))
     scale = _PATCH_SCALE / min(grey.shape)
     if scale < 1:
         size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
@@ -137,7 +165,7 @@ def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size:
     low, high = (value / 255.0 for value in _percentiles(small, (5, 95)))
     return Features(
         pixel_sha256=pixel_sha256(image),
-        perceptual_hash=int(str(HASHES[hash_name](_hash_input(grey))), 16),
+        perceptual_hash=hash_value(HASHES[hash_name](_hash_input(grey))),
         sharpness=float(deviation[0, 0]) ** 2,
         bright_p05=float(low),
         bright_p95=float(high),
@@ -185,20 +213,28 @@ def _write_blobs(file: Path, blobs: list[bytes]) -> list[Blob]:
     return [Blob(file, int(offsets[k]), len(blob)) for k, blob in enumerate(blobs)]
 
 
-def gather_patches(features: Sequence[Features | None], out: Path) -> np.ndarray:
-    """(N, PATCH, PATCH) uint8 array on disk (`out`, .npy, memory-mapped) of each row's
-    verification patch, zeros where a row has none; each chunk file is read once."""
-    patches = np.lib.format.open_memmap(out, "w+", np.uint8, (len(features), PATCH, PATCH))
+def gather_spectra(features: Sequence[Features | None], out: Path) -> np.ndarray:
+    """(N, PATCH, PATCH // 2 + 1) complex64 array on disk (`out`, .npy, memory-mapped) of each
+    row's texture spectrum, zeros where a row has none; each chunk file is read once."""
+    shape = (PATCH, PATCH // 2 + 1)
+    spectra = np.lib.format.open_memmap(out, "w+", np.complex64, (len(features), *shape))
     rows_of: dict[Path, list[tuple[int, Blob]]] = {}
     for row, feature in enumerate(features):
-        if feature is not None and feature.patch is not None:
-            rows_of.setdefault(feature.patch.file, []).append((row, feature.patch))
+        if feature is not None and feature.spectrum is not None:
+            rows_of.setdefault(feature.spectrum.file, []).append((row, feature.spectrum))
     for file, blobs in rows_of.items():
-        data = np.frombuffer(file.read_bytes(), np.uint8)
+        data = file.read_bytes()
         for row, blob in blobs:
-            patches[row] = data[blob.offset : blob.offset + blob.length].reshape(PATCH, PATCH)
-    patches.flush()
+            spectra[row] = np.frombuffer(data, np.complex64, blob.length // 8, blob.offset).reshape(
+                shape
+            )
+    spectra.flush()
     return np.load(out, mmap_mode="r")
+
+
+def confirms_near_duplicates(params: CleanParams) -> bool:
+    """Whether near duplicates are checked and hash matches confirmed by texture."""
+    return params.actions.near_duplicate != "off" and params.near_duplicate_min_correlation > 0
 
 
 def _features_of_chunk(
@@ -210,7 +246,8 @@ def _features_of_chunk(
 ) -> list[Features]:
     """Features of a chunk of images (row index, path under `root`, pixels), each decoded once;
     embeddings computed as one batch; with `scratch` (a folder), the chunk's preview JPEGs and
-    verification patches are written there, a file of each."""
+    (when near duplicates are confirmed by texture) its patches' texture spectra are written
+    there, a file of each."""
     images = [open_image(resolve_inside(root, path), pixels) for _, path, pixels in jobs]
     greys = [grey_u8(image) for image in images]
     found = [
@@ -220,10 +257,11 @@ def _features_of_chunk(
         pairs = zip(images, greys, strict=True)
         jpegs = [preview_jpeg(image, grey, _PREVIEW_SIDE) for image, grey in pairs]
         shown = _write_blobs(scratch / f"{jobs[0][0]}.jpgs", jpegs)
-        cut = _write_blobs(
-            scratch / f"{jobs[0][0]}.patches", [verification_patch(g).tobytes() for g in greys]
-        )
-        found = [replace(f, preview=p, patch=c) for f, p, c in zip(found, shown, cut, strict=True)]
+        found = [replace(f, preview=p) for f, p in zip(found, shown, strict=True)]
+    if scratch is not None and confirms_near_duplicates(params):
+        spectra = texture_spectra(np.stack([verification_patch(grey) for grey in greys]))
+        written = _write_blobs(scratch / f"{jobs[0][0]}.spectra", [x.tobytes() for x in spectra])
+        found = [replace(f, spectrum=w) for f, w in zip(found, written, strict=True)]
     if embedding is None:
         return found
     vectors = embed_batch(images, greys, embedding, params.label_issues.embedding_size)
@@ -248,9 +286,10 @@ def compute_features(
 
     Chunks of images are decoded in `params.workers` processes; only small records (and
     embeddings when `embedding` names a kind) come back, never pixels. With `scratch` (a
-    folder), each readable image's preview JPEG and verification patch are made from the same
-    decode and written there (`Features.preview` and `.patch` say where), so memory stays flat
-    however many images there are.
+    folder), each readable image's preview JPEG and (when near duplicates are confirmed by
+    texture) its verification patch's texture spectrum are made from the same decode and
+    written there (`Features.preview` and `.spectrum` say where), so memory stays flat however
+    many images there are.
     `mapper` (fn, chunks) -> results in chunk order replaces the local process pool, e.g. with
     an orchestrator's task runner; the work it ships gets absolute paths, so it does not
     depend on the working directory of whoever runs it.

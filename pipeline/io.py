@@ -158,8 +158,8 @@ def preview_jpeg(image: Image.Image, grey: np.ndarray, side: int) -> bytes:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     small = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR) if scale < 1 else pixels
     if colour:
-        small = small[..., ::-1]  # BGR for OpenCV
-    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(small), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        small = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)  # OpenCV's channel order
+    ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
     if not ok:
         raise ImageReadError(f"cannot encode a {image.width}x{image.height} preview")
     return encoded.tobytes()

@@ -77,10 +77,11 @@ def _section(
     parts = [f'<h2 id="{check}">{check} ({len(members)})</h2>']
     if check in GROUP_COLUMNS:
         column = GROUP_COLUMNS[check]
-        groups = sorted({issue[column] for issue in members})
-        for group in groups:
-            cards = "".join(_card(i, thumbs) for i in members if i[column] == group)
-            parts.append(f'<div class="group">{cards}</div>')
+        groups: dict[int, list[str]] = {}
+        for issue in members:
+            groups.setdefault(issue[column], []).append(_card(issue, thumbs))
+        for group in sorted(groups):
+            parts.append(f'<div class="group">{"".join(groups[group])}</div>')
         return "\n".join(parts)
     for name in info.classes:
         in_class = [issue for issue in members if name in info.row_classes(issue)]

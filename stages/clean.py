@@ -26,20 +26,22 @@ from typing import Any
 import numpy as np
 
 from pipeline.checks import (
+    PATCH,
     Blob,
     Features,
     Mapper,
     compute_features,
-    gather_patches,
+    confirms_near_duplicates,
+    gather_spectra,
     score_checks,
 )
 from pipeline.dedup import (
+    band_limited,
     group_exact_duplicates,
     group_near_duplicates,
     mark_conflicts,
     mark_duplicates,
-    spectra_correlation,
-    texture_spectra,
+    texture_agrees,
 )
 from pipeline.embeddings import resolve_kind
 from pipeline.labels import assess_multiclass, assess_multilabel
@@ -123,13 +125,13 @@ def _near_duplicates(
     """Near-duplicate groups: hashes within the tolerance, confirmed (unless the threshold is
     0) by the phase correlation of the two images' verification patches."""
     threshold = params.near_duplicate_min_correlation
-    if threshold == 0:
+    if not confirms_near_duplicates(params):
         return group_near_duplicates(hashes, params.near_duplicate_max_distance)
-    patches = gather_patches(features, scratch / "patches.npy")
-    spectra = texture_spectra(patches, scratch / "spectra.npy")
+    spectra = gather_spectra(features, scratch / "spectra.npy")
+    limited = band_limited(spectra, PATCH // 4, scratch / "limited.npy")
 
     def confirm(pairs: np.ndarray) -> np.ndarray:
-        return spectra_correlation(spectra, pairs) >= threshold
+        return texture_agrees(spectra, limited, pairs, threshold, params.workers)
 
     return group_near_duplicates(hashes, params.near_duplicate_max_distance, confirm)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import imagehash
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -24,7 +25,7 @@ from pipeline.checks import (
     blur_score,
     compute_features,
     dark_score,
-    gather_patches,
+    gather_spectra,
     grey_u8,
     image_features,
     light_score,
@@ -32,7 +33,7 @@ from pipeline.checks import (
     score_checks,
     verification_patch,
 )
-from pipeline.dedup import patch_correlation
+from pipeline.dedup import patch_correlation, texture_spectra
 from pipeline.io import ImageReadError, open_image
 from pipeline.params import CleanParams, load_section
 
@@ -221,6 +222,25 @@ def test_exif_rotated_copy_has_the_features_of_the_upright_image(tmp_path: Path)
         assert a == b
 
 
+@pytest.mark.parametrize("size", [(20, 17), (40, 64), (64, 64), (100, 150), (300, 200)])
+def test_whash_gives_imagehashs_bits(size: tuple[int, int]) -> None:
+    for seed in range(5):
+        image = texture(seed, size)
+        assert checks.whash(image) == imagehash.whash(image)
+
+
+@pytest.mark.parametrize("hash_name", sorted(HASHES))
+def test_hash_value_reads_the_hex_digits_of_the_hash(hash_name: str) -> None:
+    for seed in range(3):
+        found = HASHES[hash_name](texture(seed, (80, 64)))
+        assert checks.hash_value(found) == int(str(found), 16)
+
+
+def test_whash_of_a_flat_image_is_all_zero() -> None:
+    # imagehash's bits here are the sign of round-off; a block sum at the median is not above it
+    assert str(checks.whash(Image.new("L", (50, 70), 128))) == "0" * 16
+
+
 def test_different_textures_differ_in_both_hashes(tmp_path: Path) -> None:
     texture(3).save(tmp_path / "a.png")
     texture(4).save(tmp_path / "b.png")
@@ -323,7 +343,7 @@ def test_an_image_changed_since_ingest_names_its_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_scratch_gets_previews_and_the_patches_of_readable_rows_in_row_order(
+def test_scratch_gets_previews_and_the_texture_spectra_of_readable_rows_in_row_order(
     tmp_path: Path, workers: int
 ) -> None:
     (tmp_path / "images").mkdir()
@@ -336,15 +356,32 @@ def test_scratch_gets_previews_and_the_patches_of_readable_rows_in_row_order(
     found = compute_features(
         tmp_path, rows, clean_params(workers=workers), None, tmp_path / "scratch"
     )
-    patches = gather_patches(found, tmp_path / "scratch/patches.npy")
-    assert patches.shape == (21, checks.PATCH, checks.PATCH)
-    assert not patches[3].any()
+    spectra = gather_spectra(found, tmp_path / "scratch/spectra.npy")
+    assert spectra.shape == (21, checks.PATCH, checks.PATCH // 2 + 1)
+    assert not spectra[3].any()
     for row, feature in zip(rows, found, strict=True):
         if feature is None:
             continue
         grey = grey_u8(open_image(tmp_path / row["path"], MAX_PIXELS))
-        assert np.array_equal(patches[rows.index(row)], verification_patch(grey))
+        expected = texture_spectra(verification_patch(grey)[None])[0]
+        assert np.allclose(spectra[rows.index(row)], expected, atol=1e-6)
         assert feature.preview is not None and feature.preview.read()[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("unconfirmed", ["hash only", "check off"])
+def test_no_spectra_are_made_unless_texture_confirms_near_duplicates(
+    tmp_path: Path, unconfirmed: str
+) -> None:
+    texture(1).save(tmp_path / "a.png")
+    params = clean_params(workers=1, near_duplicate_min_correlation=0.4)
+    if unconfirmed == "hash only":
+        params = params.model_copy(update={"near_duplicate_min_correlation": 0.0})
+    else:
+        params = with_actions(params, near_duplicate="off")
+    found = compute_features(tmp_path, [_row("a.png", (48, 48))], params, None, tmp_path)
+    assert found[0] is not None and found[0].spectrum is None
+    assert found[0].preview is not None
+    assert not list(tmp_path.glob("*.spectra"))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 2), (10, 200), (48, 48), (400, 630), (5000, 20)])

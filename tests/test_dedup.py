@@ -8,17 +8,22 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
+import scipy.fft
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import dedup
 from pipeline.dedup import (
+    band_limited,
     group_exact_duplicates,
     group_near_duplicates,
     mark_conflicts,
     mark_duplicates,
     near_duplicate_pairs,
     patch_correlation,
+    spectra_correlation,
+    texture_agrees,
+    texture_spectra,
 )
 
 # A small alphabet so that repeated keys are common.
@@ -286,14 +291,74 @@ def test_unrelated_surfaces_with_the_same_lighting_do_not_correlate() -> None:
     assert patch_correlation(patches, pairs).max() < 0.2
 
 
+@pytest.mark.parametrize("max_shift", [0, 4, 9])
+def test_correlation_peak_is_the_inverse_fft_surfaces_peak_near_zero_shift(max_shift: int) -> None:
+    """The few shifts evaluated directly give what a whole inverse FFT gives there."""
+    patches = np.stack([surface(seed % 4) for seed in range(8)])
+    patches[4:] = np.roll(patches[:4], (3, -2), axis=(1, 2))  # shifted copies: peak off zero
+    spectra = texture_spectra(patches)
+    pairs = np.array([(i, j) for i in range(8) for j in range(8)])
+    surfaces = scipy.fft.irfft2(spectra[pairs[:, 0]] * np.conj(spectra[pairs[:, 1]]), s=(64, 64))
+    near = np.r_[0 : max_shift + 1, 64 - max_shift : 64]
+    expected = surfaces[:, near][:, :, near].max(axis=(1, 2))
+    found = spectra_correlation(spectra, pairs, max_shift)
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
 def test_many_pairs_are_correlated_in_steps_like_one_at_a_time() -> None:
     patches = np.stack([surface(seed % 5) for seed in range(40)])
     pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])  # 780 > a step
-    with patch.object(dedup, "_PAIRS_PER_STEP", 64), patch.object(dedup, "_ROWS_PER_STEP", 7):
-        stepped = patch_correlation(patches, pairs)
-    alone = np.concatenate([patch_correlation(patches, pair[None]) for pair in pairs])
+    spectra = texture_spectra(patches)
+    with patch.object(dedup, "_PAIRS_PER_STEP", 64):
+        stepped = spectra_correlation(spectra, pairs, threads=2)
+    alone = np.concatenate([spectra_correlation(spectra, pair[None]) for pair in pairs])
     np.testing.assert_allclose(stepped, alone, atol=1e-5)
     assert patch_correlation(patches, np.empty((0, 2), dtype=np.int64)).shape == (0,)
+
+
+def test_band_limited_spectra_correlate_as_the_whole_grid_with_other_frequencies_zeroed() -> None:
+    patches = np.stack([surface(seed % 3) for seed in range(6)])
+    patches[3:] = np.roll(patches[:3], (2, -3), axis=(1, 2))
+    spectra = texture_spectra(patches)
+    limited = band_limited(spectra, 16)
+    assert limited.shape == (6, 33, 17)
+    zeroed = np.zeros_like(spectra)
+    rows = np.r_[0:17, 48:64]
+    zeroed[:, rows, :17] = spectra[:, rows, :17]
+    zeroed /= np.sqrt((np.abs(zeroed) ** 2 * np.r_[1, [2] * 31, 1]).sum(axis=(1, 2)) / 64**2)[
+        :, None, None
+    ]
+    pairs = np.array([(i, j) for i in range(6) for j in range(6)])
+    found = spectra_correlation(limited, pairs, side=64)
+    np.testing.assert_allclose(found, spectra_correlation(zeroed, pairs), atol=1e-5)
+    assert found[0] == pytest.approx(1.0, abs=1e-4)  # each band has unit energy
+    assert found[3] > 0.9  # a shifted copy (pair (0, 3))
+
+
+def test_texture_agrees_where_the_correlation_reaches_the_threshold() -> None:
+    patches = np.stack([surface(seed % 5) for seed in range(10)])
+    patches[5:] = np.roll(patches[:5], (1, 3), axis=(1, 2))
+    patches[7] = np.clip(patches[7] * 0.6 + surface(9) * 0.4, 0, 255)  # a weaker match of 2
+    spectra = texture_spectra(patches)
+    pairs = np.array([(i, j) for i in range(10) for j in range(i + 1, 10)])
+    full = spectra_correlation(spectra, pairs)
+    for threshold in (0.3, 0.5, 0.9):
+        agrees = texture_agrees(spectra, band_limited(spectra, 16), pairs, threshold, threads=2)
+        np.testing.assert_array_equal(agrees, full >= threshold)
+    assert 0 < (full >= 0.5).sum() < len(pairs)
+
+
+def test_texture_agreeing_only_in_fine_detail_is_refused_at_half_resolution() -> None:
+    """The half-resolution test does decide: equal fine texture over different coarse texture
+    correlates above the threshold in full but not at half resolution."""
+    rng = np.random.default_rng(0)
+    spectra = texture_spectra(np.stack([surface(1), surface(2)]))
+    spectra[1] = spectra[0]
+    rows = np.r_[0:17, 48:64]
+    spectra[1][np.ix_(rows, np.arange(17))] *= np.exp(2j * np.pi * rng.random((33, 17)))
+    pair = np.array([[0, 1]])
+    assert spectra_correlation(spectra, pair)[0] > 0.5
+    assert not texture_agrees(spectra, band_limited(spectra, 16), pair, 0.5)[0]
 
 
 # --- mark_duplicates / mark_conflicts --------------------------------------------------------
