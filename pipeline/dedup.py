@@ -226,8 +226,11 @@ def spectra_correlation(
     steps = [
         pairs[start : start + _PAIRS_PER_STEP] for start in range(0, len(pairs), _PAIRS_PER_STEP)
     ]
-    with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
-        found = list(pool.map(peaks, steps))
+    if threads == 1:  # BLAS may use its own threads
+        found = [peaks(step) for step in steps]
+    else:
+        with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
+            found = list(pool.map(peaks, steps))
     return np.concatenate([np.empty(0, np.float32), *found]).astype(np.float32)
 
 
