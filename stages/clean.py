@@ -256,9 +256,9 @@ def run(
     per-image work (see `compute_features`); None: `clean.workers` local processes."""
     rows, info = read_manifest(manifest, "images")
     decisions = read_overrides(Path(params.overrides), {row["path"] for row in rows}, info)
-    # previews and patches are scratch files beside the review page (same file system)
+    # previews and texture spectra are scratch files beside the review page (same file system)
     review.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".previews-", dir=review.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=".clean-scratch-", dir=review.parent) as scratch:
         issues, label_step, shown = find_issues(
             root, rows, params, info, Path(scratch), mapper=mapper
         )
