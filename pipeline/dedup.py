@@ -135,12 +135,7 @@ def texture_spectra(patches: np.ndarray) -> np.ndarray:
     spectra = scipy.fft.rfft2(x)
     magnitude = np.abs(spectra)
     spectra /= magnitude + 0.5 * magnitude.mean(axis=(1, 2), keepdims=True) + 1e-6
-    # each rfft column but the first and last stands for two of the full spectrum's
-    counted = np.full(spectra.shape[-1], 2.0)
-    counted[0] = counted[-1] = 1.0
-    energy = (np.abs(spectra) ** 2 * counted).sum(axis=(1, 2)) / side**2
-    scale = np.where(energy > 1e-12, 1 / np.sqrt(np.maximum(energy, 1e-12)), 0)
-    return (spectra * scale[:, None, None]).astype(np.complex64)
+    return _unit_energy(spectra, side)
 
 
 def _weights(rows: int, columns: int) -> np.ndarray:
@@ -151,6 +146,15 @@ def _weights(rows: int, columns: int) -> np.ndarray:
     if rows == 2 * (columns - 1):
         counted[-1] = 1.0
     return counted
+
+
+def _unit_energy(spectra: np.ndarray, side: int) -> np.ndarray:
+    """(K, R, C) complex64: rfft spectra (whole, or band-limited) of patches of `side` px,
+    scaled so each correlates with itself at exactly 1; all-zero ones stay zero."""
+    counted = _weights(*spectra.shape[-2:])
+    energy = (np.abs(spectra) ** 2 * counted).sum(axis=(1, 2)) / side**2
+    scale = np.where(energy > 1e-12, 1 / np.sqrt(np.maximum(energy, 1e-12)), 0)
+    return (spectra * scale[:, None, None]).astype(np.complex64)
 
 
 def _shift_bases(
@@ -183,12 +187,9 @@ def band_limited(spectra: np.ndarray, band: int, out: Path | None = None) -> np.
         if out is not None
         else np.empty(shape, np.complex64)
     )
-    counted = _weights(len(rows), band + 1)
     for start in range(0, len(spectra), _ROWS_PER_STEP):
         part = np.asarray(spectra[start : start + _ROWS_PER_STEP])[:, rows, : band + 1]
-        energy = (np.abs(part) ** 2 * counted).sum(axis=(1, 2)) / side**2
-        scale = np.where(energy > 1e-12, 1 / np.sqrt(np.maximum(energy, 1e-12)), 0)
-        limited[start : start + _ROWS_PER_STEP] = part * scale[:, None, None].astype(np.float32)
+        limited[start : start + _ROWS_PER_STEP] = _unit_energy(part, side)
     return limited
 
 
