@@ -2,7 +2,7 @@
 
 Usage: python bench/train_speed.py [--magnetic PATH] [--images 256] [--batch 32]
            [--models mobilenet_v2,resnet18] [--sizes 128,224]
-           [--workers 0] [--repeats 3] [--data heavy|params]
+           [--workers 0] [--repeats 3] [--data heavy|params] [--device cpu|cuda]
 
 For each model and image size, on `--images` magnetic_tile images (a seeded sample) already in
 the decoded cache (as from the second epoch on):
@@ -12,7 +12,8 @@ the decoded cache (as from the second epoch on):
          rotation 10 deg, resized crop 0.8, colour jitter 0.2, defect-aware CutMix on half the
          batches; --data params: params.yaml's train section as it is.
   bare   images/s of the same model's forward + backward + AdamW step on in-memory tensors of
-         the same batch size (after 3 warm-up steps).
+         the same batch size (after 3 warm-up steps), on the device, under the same autocast
+         as the loop (train.amp: auto) on CUDA.
   ratio  loop / bare (goal >= 0.9).
 Loop and bare runs alternate --repeats times (the host is shared: a disturbance then hits both
 sides alike); images/s are the best run of each, the ratio is the median of the pairs' ratios.
@@ -39,7 +40,7 @@ from pipeline.distributed import Process
 from pipeline.manifest import TaskInfo, read_manifest
 from pipeline.models import build_model, place_model
 from pipeline.params import TrainParams
-from pipeline.training import Job, Loop, Side, train_epoch
+from pipeline.training import Job, Loop, Side, amp_dtype, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = {  # the most expensive data path the params offer
@@ -56,7 +57,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "heavy": HEAVY,
     "params": {"epochs": 2},
 }  # params: params.yaml's train section as is
-CPU = torch.device("cpu")
 
 
 def sample_rows(root: Path, work: Path, count: int) -> tuple[list[dict[str, Any]], TaskInfo]:
@@ -68,47 +68,65 @@ def sample_rows(root: Path, work: Path, count: int) -> tuple[list[dict[str, Any]
     return [readable[i] for i in sorted(pick)], info
 
 
-def loop_runner(params: TrainParams, side: Side, info: TaskInfo) -> Callable[[], float]:
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loop_runner(
+    params: TrainParams, side: Side, info: TaskInfo, device: torch.device
+) -> Callable[[], float]:
     """After a warm-up epoch of the real loop, a call times one more epoch: images/s."""
     torch.manual_seed(0)
     model = build_model(params.model, len(output_names(info)), False, params.dropout)
-    job = Job(info, CPU, Process(0, 1), None, "", lambda entry: None)
-    loop = Loop(place_model(model, CPU), side, side, params, job)
+    job = Job(info, device, Process(0, 1), None, "", lambda entry: None)
+    loop = Loop(place_model(model, device), side, side, params, job)
     train_epoch(loop, 1)  # warm-up
     epochs = itertools.count(2)
 
     def timed() -> float:
+        synchronize(device)
         started = time.perf_counter()
         train_epoch(loop, next(epochs))
+        synchronize(device)
         return len(loop.sampler) / (time.perf_counter() - started)
 
     return timed
 
 
-def bare_runner(params: TrainParams, n_outputs: int, steps: int) -> Callable[[], float]:
+def bare_runner(
+    params: TrainParams, n_outputs: int, steps: int, device: torch.device
+) -> Callable[[], float]:
     """After 3 warm-up steps, a call times `steps` bare steps: images/s."""
     torch.manual_seed(0)
-    model = place_model(build_model(params.model, n_outputs, False, params.dropout), CPU).train()
+    model = build_model(params.model, n_outputs, False, params.dropout)
+    model = place_model(model, device).train()
     generator = torch.Generator().manual_seed(0)
     size = params.image_size
     batch = torch.randn((params.batch_size, 3, size, size), generator=generator)
-    batch = batch.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, n_outputs, (params.batch_size,), generator=generator)
+    batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, n_outputs, (params.batch_size,), generator=generator).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
+    amp = amp_dtype(device, "auto")
 
     def step() -> None:
         optimizer.zero_grad()
-        loss_fn(model(batch), labels).backward()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_fn(model(batch).float(), labels)
+        loss.backward()
         optimizer.step()
 
     for _ in range(3):
         step()
 
     def timed() -> float:
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(steps):
             step()
+        synchronize(device)
         return steps * params.batch_size / (time.perf_counter() - started)
 
     return timed
@@ -131,13 +149,15 @@ def main() -> None:
         default="heavy",
         help="heavy: the most expensive data path; params: params.yaml's augmentation/sampler",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     with tempfile.TemporaryDirectory() as tmp:
         rows, info = sample_rows(args.magnetic, Path(tmp), args.images)
         print(
             f"magnetic_tile sample: {len(rows)} images, batch {args.batch}, "
-            f"workers {args.workers}, {args.repeats} interleaved pairs, "
+            f"workers {args.workers}, {args.repeats} interleaved pairs, {device.type}, "
             f"{args.data}: {SETTINGS[args.data]}"
         )
         for size in (int(s) for s in args.sizes.split(",")):
@@ -151,8 +171,9 @@ def main() -> None:
                     "num_workers": args.workers,
                 }
                 params = TrainParams.model_validate({**section, **SETTINGS[args.data], **changes})
-                loop = loop_runner(params, side, info)
-                bare = bare_runner(params, len(output_names(info)), len(rows) // args.batch)
+                loop = loop_runner(params, side, info, device)
+                steps = len(rows) // args.batch
+                bare = bare_runner(params, len(output_names(info)), steps, device)
                 # interleaved, so a disturbance of the shared host hits both sides alike
                 pairs = [(loop(), bare()) for _ in range(args.repeats)]
                 ratio = float(np.median([a / b for a, b in pairs]))

@@ -193,6 +193,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(ge=0, le=1)
     hflip: bool
     device: Literal["auto", "cpu", "cuda"]
+    amp: Literal["auto", "bf16", "fp16", "off"]  # CUDA mixed precision; CPU trains in float32
     seed: int = Field(ge=0)
     monitor: Literal["macro_f1", "miss_rate"]  # validation metric that picks the best epoch
     patience: int = Field(ge=0, le=1000)  # early stop after this many epochs without gain

@@ -230,7 +230,7 @@ class Loop:
             if decay
             else None
         )
-        self.amp = _amp_dtype(job.device)
+        self.amp = amp_dtype(job.device, params.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
         self.mix = MixConfig.from_params(params)
         names = output_names(job.info)
@@ -277,11 +277,19 @@ class Loop:
         )
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on CPU."""
-    if device.type != "cuda":
+def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
+    """The autocast dtype of train.amp on CUDA (auto: bf16 where the GPU supports it, else
+    fp16, which also turns on loss scaling); None (float32) for `off` and on CPU."""
+    if device.type != "cuda" or setting == "off":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ApexLoopError(
+            f"train.amp is 'bf16' but {torch.cuda.get_device_name(device)} does not support "
+            "bfloat16; use auto or fp16"
+        )
+    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 def _inputs(
@@ -313,9 +321,11 @@ def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[flo
     if loop.params.grad_clip:
         loop.scaler.unscale_(loop.optimizer)
         nn.utils.clip_grad_norm_(loop.model.parameters(), loop.params.grad_clip)
+    scale = loop.scaler.get_scale()
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
-    loop.scheduler.step()
+    if loop.scaler.get_scale() >= scale:  # fp16: a lowered scale means the step was skipped
+        loop.scheduler.step()
     if loop.ema is not None:
         loop.ema.update_parameters(distributed.unwrap(loop.model))
     return loss.item(), logits.detach().float().cpu()
