@@ -27,7 +27,7 @@ from pipeline.dedup import texture_spectra
 from pipeline.embeddings import embed_batch
 from pipeline.io import grey_u8, open_image, pixel_sha256, preview_jpeg
 from pipeline.params import CleanParams
-from pipeline.paths import resolve_inside
+from pipeline.paths import resolve_many_inside
 
 _CHUNK = 16  # images per worker task (and per embedding batch)
 _PREVIEW_SIDE = 160  # review-page thumbnails
@@ -50,11 +50,12 @@ def whash(image: Image.Image) -> imagehash.ImageHash:
     bits are the sign of floating-point round-off, here they are 0) in a tenth of the time of
     its round trip through PyWavelets.
     """
-    scale = max(2 ** int(np.log2(min(image.size))), 8)
-    resized = image.convert("L").resize((scale, scale), Image.Resampling.LANCZOS)
+    scale = max(1 << (min(image.size).bit_length() - 1), 8)  # 2^int(log2(short side))
+    resized = np.asarray(image.convert("L").resize((scale, scale), Image.Resampling.LANCZOS))
     block = scale // 8
-    sums = np.asarray(resized, dtype=np.int64).reshape(8, block, 8, block).sum(axis=(1, 3))
-    return imagehash.ImageHash(sums > np.median(sums))
+    sums = resized.reshape(8, block, 8, block).sum(axis=(1, 3), dtype=np.int32)
+    ordered = np.sort(sums, axis=None)
+    return imagehash.ImageHash(2 * sums > ordered[31] + ordered[32])  # above the median
 
 
 def hash_value(found: imagehash.ImageHash) -> int:
@@ -133,19 +134,23 @@ def _hash_input(grey: np.ndarray) -> Image.Image:
 
 
 def verification_patch(grey: np.ndarray) -> np.ndarray:
-    """(PATCH, PATCH) uint8: the centre of the image, shrunk so its short side is at most
-    _PATCH_SCALE (never enlarged: that would invent texture), mirrored out to PATCH if smaller.
+    """(PATCH, PATCH) uint8: the centre of the image as it would be if shrunk so its short
+    side is at most _PATCH_SCALE (never enlarged: that would invent texture), mirrored out to
+    PATCH if smaller.
 
     Fine texture at a fixed scale, which the near-duplicate check correlates: a re-encoded,
     resampled or slightly shifted copy keeps it, another part of the same kind does not.
+    Only the centre square that becomes the patch is shrunk (a quarter of the image or less).
     """
-    factor = min(grey.shape) // _PATCH_SCALE
-    if factor > 1:  # an integer box filter does most of the shrinking, at a third of the cost
-        grey = np.asarray(Image.fromarray(grey).reduce(factor))
-    scale = _PATCH_SCALE / min(grey.shape)
-    if scale < 1:
-        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    short = min(grey.shape)
+    if short > _PATCH_SCALE:
+        side = round(PATCH * short / _PATCH_SCALE)
+        top, left = (grey.shape[0] - side) // 2, (grey.shape[1] - side) // 2
+        grey = grey[top : top + side, left : left + side]
+        factor = side // PATCH
+        if factor > 1:  # an integer box filter does most of the shrinking, at a third of the cost
+            grey = np.asarray(Image.fromarray(np.ascontiguousarray(grey)).reduce(factor))
+        return cv2.resize(grey, (PATCH, PATCH), interpolation=cv2.INTER_AREA)
     short_y, short_x = max(0, PATCH - grey.shape[0]), max(0, PATCH - grey.shape[1])
     if short_y or short_x:
         grey = np.pad(
@@ -248,7 +253,8 @@ def _features_of_chunk(
     embeddings computed as one batch; with `scratch` (a folder), the chunk's preview JPEGs and
     (when near duplicates are confirmed by texture) its patches' texture spectra are written
     there, a file of each."""
-    images = [open_image(resolve_inside(root, path), pixels) for _, path, pixels in jobs]
+    paths = resolve_many_inside(root, [path for _, path, _ in jobs])
+    images = [open_image(path, pixels) for path, (_, _, pixels) in zip(paths, jobs, strict=True)]
     greys = [grey_u8(image) for image in images]
     found = [
         _measure(i, g, params.hash, params.working_size) for i, g in zip(images, greys, strict=True)

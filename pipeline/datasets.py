@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from pipeline.errors import ApexLoopError
 from pipeline.io import load_rgb
 from pipeline.manifest import TaskInfo
-from pipeline.paths import atomic_output, resolve_inside
+from pipeline.paths import atomic_output, resolve_many_inside
 from pipeline.transforms import augment
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 def _decode_into(stack: np.ndarray, root: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Decode row i's image into stack[i] (stack: uint8 (N, 3, S, S), in RAM or a memmap)."""
     size = stack.shape[2]
-    for index, row in enumerate(rows):
-        path = resolve_inside(root, row["path"])
+    paths = resolve_many_inside(root, [row["path"] for row in rows])
+    for index, (row, path) in enumerate(zip(rows, paths, strict=True)):
         pixels = load_rgb(path, size, row["width"] * row["height"])  # (H, W, C)
         stack[index] = pixels.transpose(2, 0, 1)  # (C, H, W)
 

@@ -11,7 +11,7 @@ import contextlib
 import glob
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pipeline.errors import ApexLoopError
@@ -21,20 +21,50 @@ class PathError(ApexLoopError):
     """A path points outside its data root or is otherwise unusable."""
 
 
+def _resolved(path: Path, relative: str, root: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError on a link loop
+        raise PathError(
+            f"{relative!r} cannot be resolved under {root}: {exc}; remove or fix the link"
+        ) from None
+
+
 def resolve_inside(root: Path, relative: str) -> Path:
     """Resolve `relative` under `root`; raise PathError if it escapes the root."""
     if not relative or Path(relative).is_absolute():
         raise PathError(f"{relative!r}: expected a path relative to {root}")
     base = root.resolve()
-    try:
-        target = (base / relative).resolve()
-    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError on a link loop
-        raise PathError(
-            f"{relative!r} cannot be resolved under {root}: {exc}; remove or fix the link"
-        ) from None
+    target = _resolved(base / relative, relative, root)
     if not target.is_relative_to(base):
         raise PathError(f"{relative!r} resolves outside the data root {root}")
     return target
+
+
+def resolve_many_inside(root: Path, relatives: Sequence[str]) -> list[Path]:
+    """[resolve_inside(root, r) for r in relatives], with the root and each folder resolved
+    once: a data set's images share a few folders, so a file costs one lookup (is it a link?)
+    instead of one per path component (a tenth of the time per image)."""
+    base = root.resolve()
+    folders: dict[str, tuple[Path, bool]] = {}  # folder -> (resolved, inside the root)
+    found = []
+    for relative in relatives:
+        folder, _, name = relative.rpartition("/")
+        if name in ("", ".", "..") or os.path.isabs(relative):
+            found.append(resolve_inside(root, relative))  # the odd cases, one by one
+            continue
+        if folder not in folders:
+            parent = _resolved(base / folder, relative, root)
+            folders[folder] = (parent, parent.is_relative_to(base))
+        parent, inside = folders[folder]
+        target = parent / name
+        if target.is_symlink():
+            target = _resolved(target, relative, root)
+            inside = target.is_relative_to(base)
+        if not inside:
+            raise PathError(f"{relative!r} resolves outside the data root {root}")
+        found.append(target)
+    return found
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ confinement in pipeline.paths that keeps every source inside its data root."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from pipeline.params import IngestParams
-from pipeline.paths import PathError, resolve_inside
+from pipeline.paths import PathError, resolve_inside, resolve_many_inside
 from pipeline.sources import (
     Entry,
     SourceError,
@@ -39,48 +40,83 @@ def touch(path: Path, data: bytes = b"x") -> Path:
     return path
 
 
-# --- pipeline.paths.resolve_inside -----------------------------------------------------------
+# --- pipeline.paths.resolve_inside (and resolve_many_inside, path by path) --------------------
 
 
-def test_resolve_inside_accepts_nested_relative_paths(tmp_path: Path) -> None:
+def resolve_one_of_many(root: Path, relative: str) -> Path:
+    return resolve_many_inside(root, ["images/x.png", relative, "a/x.png"])[1]
+
+
+@pytest.fixture(params=[resolve_inside, resolve_one_of_many], ids=["one", "many"])
+def resolve(request: pytest.FixtureRequest) -> Callable[[Path, str], Path]:
+    return request.param  # type: ignore[no-any-return]
+
+
+def test_resolve_inside_accepts_nested_relative_paths(
+    tmp_path: Path, resolve: Callable[[Path, str], Path]
+) -> None:
     target = touch(tmp_path / "a" / "b.png")
-    assert resolve_inside(tmp_path, "a/b.png") == target.resolve()
-    assert resolve_inside(tmp_path, "a/../a/b.png") == target.resolve()
+    assert resolve(tmp_path, "a/b.png") == target.resolve()
+    assert resolve(tmp_path, "a/../a/b.png") == target.resolve()
 
 
 @pytest.mark.parametrize("relative", ["../x.png", "a/../../x.png", ".."])
-def test_resolve_inside_rejects_dot_dot_escapes(tmp_path: Path, relative: str) -> None:
+def test_resolve_inside_rejects_dot_dot_escapes(
+    tmp_path: Path, relative: str, resolve: Callable[[Path, str], Path]
+) -> None:
     root = tmp_path / "root"
     touch(root / "a" / "in.png")
     touch(tmp_path / "x.png")
     with pytest.raises(PathError, match="outside the data root"):
-        resolve_inside(root, relative)
+        resolve(root, relative)
 
 
-def test_resolve_inside_rejects_absolute_and_empty_paths(tmp_path: Path) -> None:
+def test_resolve_inside_rejects_absolute_and_empty_paths(
+    tmp_path: Path, resolve: Callable[[Path, str], Path]
+) -> None:
     inside = touch(tmp_path / "a.png")
     with pytest.raises(PathError, match="expected a path relative to"):
-        resolve_inside(tmp_path, str(inside))  # absolute, even though it lies inside
+        resolve(tmp_path, str(inside))  # absolute, even though it lies inside
     with pytest.raises(PathError, match="expected a path relative to"):
-        resolve_inside(tmp_path, "")
+        resolve(tmp_path, "")
 
 
-def test_resolve_inside_rejects_symlinks_escaping_the_root(tmp_path: Path) -> None:
+def test_resolve_inside_rejects_symlinks_escaping_the_root(
+    tmp_path: Path, resolve: Callable[[Path, str], Path]
+) -> None:
     root = tmp_path / "root"
     root.mkdir()
     secret = touch(tmp_path / "outside" / "secret.png")
     (root / "file-link.png").symlink_to(secret)
     (root / "dir-link").symlink_to(secret.parent, target_is_directory=True)
     with pytest.raises(PathError, match="outside the data root"):
-        resolve_inside(root, "file-link.png")
+        resolve(root, "file-link.png")
     with pytest.raises(PathError, match="outside the data root"):
-        resolve_inside(root, "dir-link/secret.png")
+        resolve(root, "dir-link/secret.png")
 
 
-def test_resolve_inside_accepts_symlinks_that_stay_inside(tmp_path: Path) -> None:
+def test_resolve_inside_accepts_symlinks_that_stay_inside(
+    tmp_path: Path, resolve: Callable[[Path, str], Path]
+) -> None:
     target = touch(tmp_path / "real" / "a.png")
     (tmp_path / "alias.png").symlink_to(target)
-    assert resolve_inside(tmp_path, "alias.png") == target.resolve()
+    assert resolve(tmp_path, "alias.png") == target.resolve()
+
+
+def test_resolve_many_inside_equals_resolving_each(tmp_path: Path) -> None:
+    """Folders resolved once: files in a linked folder, linked files and `..` steps come out
+    as resolve_inside gives them, and a link escaping the root among them is still refused."""
+    for name in ("a/1.png", "a/2.png", "b/c/3.png", "4.png"):
+        touch(tmp_path / name)
+    (tmp_path / "linked").symlink_to(tmp_path / "b", target_is_directory=True)
+    (tmp_path / "a" / "alias.png").symlink_to(tmp_path / "4.png")
+    relatives = ["a/1.png", "a/2.png", "b/c/3.png", "linked/c/3.png", "a/alias.png", "a/../4.png"]
+    relatives += ["4.png", "a/missing.png", "b/c/../../a/1.png"]
+    expected = [resolve_inside(tmp_path, relative) for relative in relatives]
+    assert resolve_many_inside(tmp_path, relatives) == expected
+    (tmp_path / "a" / "out.png").symlink_to(touch(tmp_path.parent / f"{tmp_path.name}-out.png"))
+    with pytest.raises(PathError, match=r"'a/out\.png' resolves outside the data root"):
+        resolve_many_inside(tmp_path, [*relatives, "a/out.png"])
 
 
 # --- source (a): class folders ---------------------------------------------------------------
