@@ -116,12 +116,11 @@ def _percentiles(grey: np.ndarray, qs: Sequence[float]) -> list[float]:
     """np.percentile(grey, qs) (linear interpolation) of 8-bit pixels from their histogram:
     one counting pass instead of a partial sort per percentile."""
     cumulative = np.cumsum(cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel())  # (256,)
-    found = []
-    for q in qs:
-        rank = (grey.size - 1) * q / 100.0
-        low, high = np.searchsorted(cumulative, [math.floor(rank), math.ceil(rank)], "right")
-        found.append(float(low + (high - low) * (rank - math.floor(rank))))
-    return found
+    ranks = (grey.size - 1) * np.asarray(qs, dtype=np.float64) / 100.0
+    bounds = np.stack([np.floor(ranks), np.ceil(ranks)])  # (2, len(qs))
+    low, high = np.searchsorted(cumulative, bounds, "right")
+    values = low + (high - low) * (ranks - np.floor(ranks))
+    return [float(value) for value in values]
 
 
 def _hash_input(grey: np.ndarray) -> Image.Image:
@@ -169,7 +168,7 @@ def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size:
     _, deviation = cv2.meanStdDev(laplacian)
     low, high = (value / 255.0 for value in _percentiles(small, (5, 95)))
     return Features(
-        pixel_sha256=pixel_sha256(image),
+        pixel_sha256=pixel_sha256(image, grey),
         perceptual_hash=hash_value(HASHES[hash_name](_hash_input(grey))),
         sharpness=float(deviation[0, 0]) ** 2,
         bright_p05=float(low),
@@ -223,17 +222,15 @@ def gather_spectra(features: Sequence[Features | None], out: Path) -> np.ndarray
     row's texture spectrum, zeros where a row has none; each chunk file is read once."""
     shape = (PATCH, PATCH // 2 + 1)
     spectra = np.lib.format.open_memmap(out, "w+", np.complex64, (len(features), *shape))
-    rows_of: dict[Path, list[tuple[int, Blob]]] = {}
+    rows_of: dict[str, list[tuple[int, int]]] = {}  # chunk file -> (row, its place in the file)
     for row, feature in enumerate(features):
         if feature is not None and feature.spectrum is not None:
-            rows_of.setdefault(feature.spectrum.file, []).append((row, feature.spectrum))
-    for file, blobs in rows_of.items():
-        data = file.read_bytes()
-        for row, blob in blobs:
-            spectra[row] = np.frombuffer(data, np.complex64, blob.length // 8, blob.offset).reshape(
-                shape
-            )
-    spectra.flush()
+            blob = feature.spectrum
+            rows_of.setdefault(str(blob.file), []).append((row, blob.offset // blob.length))
+    for file, places in rows_of.items():
+        rows, within = np.array(places).T
+        spectra[rows] = np.fromfile(file, np.complex64).reshape(-1, *shape)[within]
+    del spectra  # written to the page cache; unmapped here, mapped again read-only below
     return np.load(out, mmap_mode="r")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
@@ -14,7 +15,7 @@ import numpy as np
 import scipy.fft
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from pipeline.manifest import GROUP_COLUMNS
 
@@ -193,6 +194,13 @@ def band_limited(spectra: np.ndarray, band: int, out: Path | None = None) -> np.
     return limited
 
 
+@functools.cache
+def _thread_pools() -> ThreadpoolController:
+    """This process's native thread pools (BLAS, OpenMP), looked up once: a lookup reads every
+    loaded library (35 ms)."""
+    return ThreadpoolController()
+
+
 def spectra_correlation(
     spectra: np.ndarray,
     pairs: np.ndarray,
@@ -230,7 +238,7 @@ def spectra_correlation(
     if threads == 1:  # BLAS may use its own threads
         found = [peaks(step) for step in steps]
     else:
-        with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
+        with _thread_pools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
             found = list(pool.map(peaks, steps))
     return np.concatenate([np.empty(0, np.float32), *found]).astype(np.float32)
 

@@ -105,15 +105,17 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
         raise ImageReadError(f"{path}: {exc}") from None
 
 
-def pixel_sha256(image: Image.Image) -> str:
+def pixel_sha256(image: Image.Image, grey: np.ndarray | None = None) -> str:
     """Hash of the decoded pixels (mode and size included): re-saved copies hash the same.
 
     Palette images hash their palette too: the same indices with other colours are other pixels.
+    `grey`: an 8-bit grey image's pixels from grey_u8 when at hand (its bytes, without a copy).
     """
     digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
     if image.mode in ("P", "PA"):
         digest.update(bytes(image.getpalette() or []))
-    digest.update(image.tobytes())
+    pixels = grey if image.mode == "L" and grey is not None else None
+    digest.update(image.tobytes() if pixels is None else np.ascontiguousarray(pixels).data)
     return digest.hexdigest()
 
 

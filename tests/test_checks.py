@@ -256,6 +256,13 @@ def test_brightness_percentiles_of_a_uniform_image(tmp_path: Path) -> None:
     assert found.sharpness == 0.0
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (37, 53), (200, 100)])
+def test_percentiles_from_the_histogram_equal_numpys(shape: tuple[int, int]) -> None:
+    grey = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    qs = (0, 5, 37.5, 95, 100)
+    assert checks._percentiles(grey, qs) == pytest.approx(np.percentile(grey, qs).tolist())
+
+
 def test_percentiles_ignore_a_few_extreme_pixels(tmp_path: Path) -> None:
     pixels = np.full((20, 20), 100, dtype=np.uint8)
     pixels.ravel()[:8] = 0  # 2% black, 2% white: outside the 5th..95th percentiles

@@ -13,6 +13,7 @@ from PIL import Image
 from pipeline.io import (
     ImageReadError,
     decode,
+    grey_u8,
     inspect_image,
     load_rgb,
     open_image,
@@ -158,6 +159,7 @@ def test_pixel_sha256_changes_with_one_pixel() -> None:
 
 def test_pixel_sha256_tells_apart_same_bytes_in_another_shape_or_mode() -> None:
     grey = Image.frombytes("L", (4, 6), bytes(range(24)))
+    assert pixel_sha256(grey, grey_u8(grey)) == pixel_sha256(grey)  # its bytes, uncopied
     assert pixel_sha256(grey) != pixel_sha256(Image.frombytes("L", (6, 4), bytes(range(24))))
     assert pixel_sha256(grey) != pixel_sha256(Image.frombytes("P", (4, 6), bytes(range(24))))
 
