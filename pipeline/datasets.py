@@ -3,7 +3,8 @@
 Images are decoded once per stage run into one uint8 tensor (N, 3, S, S); epochs reuse it. The
 decode lives in RAM (`decode_stack`) or, for sets larger than RAM, in a memory-mapped file keyed
 by the rows' paths and hashes (`decode_images`), which later runs reuse. `AugmentedSet` serves
-that stack with per-sample augmentation seeded from (seed, epoch, position).
+that stack with per-sample augmentation seeded from (seed, epoch, position); `EpochDraws`, the
+DataLoader's sampler, says which image each position of an epoch shows.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from pipeline.errors import ApexLoopError
@@ -179,18 +180,18 @@ def _sample_seed(seed: int, epoch: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0])
 
 
+Draw = tuple[int, int, int]  # (epoch, position in the epoch's whole draw, image index)
+
+
 class AugmentedSet(Dataset[Sample]):
-    """The decoded images with their targets and boxes, visited in an order set per epoch.
+    """The decoded images with their targets and boxes, augmented per draw.
 
-    Sample at `position`: (image uint8 (3, S, S), target, boxes float (n, 4), box labels int64
-    (n,)) of image `order[position]`, augmented with a seed derived from (seed, epoch, position).
-    Invariants: a sample depends only on (seed, epoch, position) and the data, never on worker
+    Sample of draw (epoch, position, index): (image uint8 (3, S, S), target, boxes float (n, 4),
+    box labels int64 (n,)) of image `index`, augmented with a seed derived from (seed, epoch,
+    position). Invariants: a sample depends only on its draw and the data, never on worker
     count or visit order, so two visits of one image in an epoch (weighted sampling) are
-    augmented differently; samples never share memory with the set's tensors.
-
-    Until `set_order` is called the order is every image once (epoch 0). DataLoader workers hold
-    a copy of the set made when they start: call `set_order` before iterating the loader, and do
-    not use persistent_workers (they would keep the previous epoch's order).
+    augmented differently; samples never share memory with the set's tensors. The set holds
+    no per-epoch state, so DataLoader workers can live across epochs (persistent_workers).
     """
 
     def __init__(
@@ -217,38 +218,55 @@ class AugmentedSet(Dataset[Sample]):
         self.boxes = list(boxes)
         self.transform = transform
         self.seed = seed
-        self.epoch, self.rank, self.ranks = 0, 0, 1
-        self.order = torch.arange(len(images), dtype=torch.int64)  # (M,)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, draw: Draw) -> Sample:
+        epoch, position, index = draw
+        if not 0 <= index < len(self.images):
+            raise IndexError(f"image {index} outside 0..{len(self.images) - 1}")
+        image, target = self.images[index], self.targets[index].clone()
+        boxes, labels = self.boxes[index]
+        if self.transform is None:
+            return image.clone(), target, boxes.clone(), labels.clone()
+        image, boxes = augment(
+            self.transform, image, boxes, _sample_seed(self.seed, epoch, position)
+        )
+        return image, target, boxes, labels.clone()
+
+
+class EpochDraws(Sampler[Draw]):
+    """The draws of one process in the current epoch, for a DataLoader over an AugmentedSet of
+    `size` images. The DataLoader reads them anew each time it is iterated, in the main
+    process: call `set_order` before iterating it for the next epoch. Until then the order is
+    every image once (epoch 0)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.draws: list[Draw] = [(0, position, position) for position in range(size)]
 
     def set_order(self, epoch: int, order: torch.Tensor, rank: int = 0, ranks: int = 1) -> None:
         """Visit images `order` (int64 (M,), repeats allowed) in epoch `epoch`. Under DDP the
         order is rank `rank`'s shard of one draw dealt round-robin to `ranks` processes;
-        augmentation is seeded by the position in the whole draw, so no two ranks repeat it."""
+        positions count in the whole draw, so no two ranks repeat an augmentation."""
         if epoch < 0:
             raise DatasetError(f"epoch is {epoch}; epochs count from 0")
         if order.ndim != 1 or order.dtype != torch.int64:
             raise DatasetError(
                 f"expected an int64 order (M,), got {order.dtype} {tuple(order.shape)}"
             )
-        if len(order) and not 0 <= int(order.min()) <= int(order.max()) < len(self.images):
-            raise DatasetError(f"order holds indices outside 0..{len(self.images) - 1}")
-        self.epoch, self.rank, self.ranks = epoch, rank, ranks
-        self.order = order.clone()  # the caller may reuse its tensor
+        if len(order) and not 0 <= int(order.min()) <= int(order.max()) < self.size:
+            raise DatasetError(f"order holds indices outside 0..{self.size - 1}")
+        self.draws = [
+            (epoch, position * ranks + rank, index) for position, index in enumerate(order.tolist())
+        ]
+
+    def __iter__(self) -> Iterator[Draw]:
+        return iter(self.draws)
 
     def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, position: int) -> Sample:
-        if not 0 <= position < len(self.order):
-            raise IndexError(f"position {position} outside 0..{len(self.order) - 1}")
-        index = int(self.order[position])
-        image, target = self.images[index], self.targets[index].clone()
-        boxes, labels = self.boxes[index]
-        if self.transform is None:
-            return image.clone(), target, boxes.clone(), labels.clone()
-        seed = _sample_seed(self.seed, self.epoch, position * self.ranks + self.rank)
-        image, boxes = augment(self.transform, image, boxes, seed)
-        return image, target, boxes, labels.clone()
+        return len(self.draws)
 
 
 def collate(batch: Sequence[Sample]) -> Batch:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.checkpoints import load_state, save_state
-from pipeline.datasets import AugmentedSet, collate, output_names
+from pipeline.datasets import AugmentedSet, EpochDraws, collate, output_names
 from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
 from pipeline.inference import normalise, predict_logits, score_metrics, to_scores
@@ -212,9 +212,10 @@ class Loop:
         self.params, self.job, self.val = params, job, val
         self.model = distributed.wrap(model, job.process, job.device)
         self.pool, self.sampler = balance(train.targets, params, job.info, job.process)
-        self.data = AugmentedSet(
+        data = AugmentedSet(
             train.images, train.targets, train.boxes, build_augment(params), params.seed
         )
+        self.draws = EpochDraws(len(train.images))
         self.criterion = build_criterion(params, job.info, train.targets, job.device)
         self.optimizer = build_optimizer(model, params)
         # A lone last sample is left out of the epoch: batch norm cannot train on a batch of
@@ -223,6 +224,18 @@ class Loop:
         full, rest = divmod(len(self.sampler), params.batch_size)
         self.drop_last = rest == 1 and full > 0
         self.steps = full + (rest > 0 and not self.drop_last)
+        # one DataLoader for the whole run: its workers (if any) stay up between epochs
+        self.batches: DataLoader[Any] = DataLoader(
+            data,
+            sampler=self.draws,
+            batch_size=params.batch_size,
+            collate_fn=collate,
+            num_workers=params.num_workers,
+            persistent_workers=params.num_workers > 0,
+            drop_last=self.drop_last,
+            pin_memory=job.device.type == "cuda",
+            generator=torch.Generator().manual_seed(params.seed),  # not the global RNG
+        )
         self.scheduler = build_scheduler(self.optimizer, params, self.steps)
         decay = params.ema_decay
         self.ema = (
@@ -265,16 +278,8 @@ class Loop:
         self.sampler.set_epoch(epoch)
         process = self.job.process
         order = self.pool[torch.tensor(list(self.sampler))]
-        self.data.set_order(epoch, order, process.rank, process.world_size)
-        return DataLoader(
-            self.data,
-            batch_size=self.params.batch_size,
-            collate_fn=collate,
-            num_workers=self.params.num_workers,
-            drop_last=self.drop_last,
-            pin_memory=self.job.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.params.seed),  # not the global RNG
-        )
+        self.draws.set_order(epoch, order, process.rank, process.world_size)
+        return self.batches
 
 
 def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:

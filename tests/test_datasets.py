@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 from pipeline.datasets import (
     AugmentedSet,
     DatasetError,
+    EpochDraws,
     cache_key,
     collate,
     decode_images,
@@ -197,28 +198,37 @@ def same_sample(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> boo
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def draws(count: int, epoch: int, order: list[int]) -> EpochDraws:
+    sampler = EpochDraws(count)
+    sampler.set_order(epoch, torch.tensor(order, dtype=torch.int64))
+    return sampler
+
+
 def test_sample_depends_only_on_seed_epoch_and_position() -> None:
     first, second = augmented_set(), augmented_set()
-    order = torch.tensor([3, 1, 3, 0, 5], dtype=torch.int64)
-    first.set_order(2, order)
-    second.set_order(2, order)
-    assert len(first) == 5
-    assert [int(first[p][1]) for p in range(5)] == order.tolist()
+    order = [3, 1, 3, 0, 5]
+    keys = list(draws(6, 2, order))
+    assert keys == [(2, 0, 3), (2, 1, 1), (2, 2, 3), (2, 3, 0), (2, 4, 5)]
+    assert [int(first[key][1]) for key in keys] == order
     # any visiting order gives the same samples
     for position in [4, 0, 2, 1, 3]:
-        assert same_sample(first[position], second[position])
-        assert same_sample(first[position], first[position])
-    second.set_order(3, order)
-    assert not all(same_sample(first[p], second[p]) for p in range(5))
+        assert same_sample(first[keys[position]], second[keys[position]])
+        assert same_sample(first[keys[position]], first[keys[position]])
+    later = list(draws(6, 3, order))
+    assert not all(same_sample(first[a], first[b]) for a, b in zip(keys, later, strict=True))
     other_seed = augmented_set(seed=10)
-    other_seed.set_order(2, order)
-    assert not all(same_sample(first[p], other_seed[p]) for p in range(5))
+    assert not all(same_sample(first[key], other_seed[key]) for key in keys)
+
+
+def test_ranks_draw_positions_of_one_whole_draw() -> None:
+    sampler = EpochDraws(6)
+    sampler.set_order(1, torch.tensor([4, 2, 0], dtype=torch.int64), rank=1, ranks=2)
+    assert list(sampler) == [(1, 1, 4), (1, 3, 2), (1, 5, 0)] and len(sampler) == 3
 
 
 def test_repeated_visits_of_one_image_are_augmented_differently() -> None:
     dataset = augmented_set()
-    dataset.set_order(0, torch.zeros(8, dtype=torch.int64))
-    images = [dataset[position][0] for position in range(8)]
+    images = [dataset[key][0] for key in draws(6, 0, [0] * 8)]
     assert len({image.numpy().tobytes() for image in images}) > 1
     assert all(image.dtype == torch.uint8 and image.shape == (3, SIZE, SIZE) for image in images)
 
@@ -227,7 +237,7 @@ def test_samples_never_write_to_or_share_the_sets_tensors() -> None:
     images = random_images(2, seed=1)
     boxes = [(torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([1]))] * 2
     dataset = AugmentedSet(images, torch.tensor([0, 1]), boxes, None, seed=0)
-    image, target, sample_boxes, box_labels = dataset[1]
+    image, target, sample_boxes, box_labels = dataset[(0, 0, 1)]
     assert torch.equal(image, images[1]) and torch.equal(sample_boxes, boxes[1][0])
     for tensor in (image, target, sample_boxes, box_labels):
         tensor.zero_()
@@ -236,19 +246,48 @@ def test_samples_never_write_to_or_share_the_sets_tensors() -> None:
     assert dataset.boxes[1][0].tolist() == [[0.0, 0.0, 4.0, 4.0]] and dataset.boxes[1][1] == 1
 
 
+def same_batches(first: list[Any], second: list[Any]) -> bool:
+    return len(first) == len(second) and all(
+        torch.equal(im_a, im_b)
+        and torch.equal(t_a, t_b)
+        and all(torch.equal(x, y) for x, y in zip(b_a + l_a, b_b + l_b, strict=True))
+        for (im_a, t_a, b_a, l_a), (im_b, t_b, b_b, l_b) in zip(first, second, strict=True)
+    )
+
+
 def test_dataloader_batches_do_not_depend_on_worker_count() -> None:
     dataset = augmented_set(count=6)
-    dataset.set_order(1, torch.tensor([0, 2, 2, 5, 1, 2, 4, 3, 0, 5], dtype=torch.int64))
+    sampler = draws(6, 1, [0, 2, 2, 5, 1, 2, 4, 3, 0, 5])
 
     def batches(workers: int) -> list[Any]:
-        loader = DataLoader(dataset, batch_size=3, num_workers=workers, collate_fn=collate)
+        loader = DataLoader(
+            dataset, sampler=sampler, batch_size=3, num_workers=workers, collate_fn=collate
+        )
         return list(loader)
 
     serial, parallel = batches(0), batches(2)
-    assert len(serial) == len(parallel) == 4
-    for (im_a, t_a, b_a, l_a), (im_b, t_b, b_b, l_b) in zip(serial, parallel, strict=True):
-        assert torch.equal(im_a, im_b) and torch.equal(t_a, t_b)
-        assert all(torch.equal(x, y) for x, y in zip(b_a + l_a, b_b + l_b, strict=True))
+    assert len(serial) == 4
+    assert same_batches(serial, parallel)
+
+
+def test_workers_kept_between_epochs_serve_each_epochs_order() -> None:
+    dataset = augmented_set(count=6)
+    sampler = EpochDraws(6)
+    kept = DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=2,
+        num_workers=2,
+        persistent_workers=True,
+        collate_fn=collate,
+    )
+    orders = [[5, 4, 3, 2], [0, 0, 1, 1, 2, 2]]
+    for epoch, order in enumerate(orders, start=1):
+        sampler.set_order(epoch, torch.tensor(order, dtype=torch.int64))
+        fresh = DataLoader(
+            dataset, sampler=draws(6, epoch, order), batch_size=2, collate_fn=collate
+        )
+        assert same_batches(list(kept), list(fresh))
 
 
 def test_collate_stacks_images_and_targets_and_lists_boxes() -> None:
@@ -258,7 +297,9 @@ def test_collate_stacks_images_and_targets_and_lists_boxes() -> None:
         (torch.zeros((n, 4)), torch.zeros(n, dtype=torch.int64)) for n in (1, 0, 2)
     ]  # box counts differ per image
     dataset = AugmentedSet(random_images(3, seed=2), hot, boxes, None, seed=0)
-    images, batch_targets, batch_boxes, batch_labels = collate([dataset[p] for p in range(3)])
+    images, batch_targets, batch_boxes, batch_labels = collate(
+        [dataset[(0, p, p)] for p in range(3)]
+    )
     assert images.dtype == torch.uint8 and images.shape == (3, 3, SIZE, SIZE)
     assert torch.equal(batch_targets, hot)
     assert batch_targets.shape == (3, len(output_names(MULTILABEL)))
@@ -267,12 +308,12 @@ def test_collate_stacks_images_and_targets_and_lists_boxes() -> None:
 
 
 def test_set_order_and_construction_are_checked() -> None:
-    dataset = augmented_set(count=4)
+    dataset, sampler = augmented_set(count=4), EpochDraws(4)
     with pytest.raises(DatasetError, match="outside"):
-        dataset.set_order(0, torch.tensor([0, 4], dtype=torch.int64))
+        sampler.set_order(0, torch.tensor([0, 4], dtype=torch.int64))
     with pytest.raises(DatasetError, match="int64"):
-        dataset.set_order(0, torch.tensor([0.0, 1.0]))
+        sampler.set_order(0, torch.tensor([0.0, 1.0]))
     with pytest.raises(IndexError):
-        dataset[4]
+        dataset[(0, 0, 4)]
     with pytest.raises(DatasetError, match="one of each"):
         AugmentedSet(random_images(2, seed=0), torch.zeros(3), [], None, seed=0)
