@@ -311,37 +311,34 @@ def _inputs(
     return mixed.images.contiguous(memory_format=torch.channels_last), mixed.targets
 
 
-def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[float, torch.Tensor]:
-    """Forward, backward and optimiser step on one batch; returns the loss and the logits."""
+def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and optimiser step on one batch; returns the loss and the logits, on
+    the device: reading them there would make the host wait for the GPU at every step."""
     with torch.autocast(loop.job.device.type, dtype=loop.amp, enabled=loop.amp is not None):
         logits = loop.model(x)
         loss = loop.criterion(logits.float(), y)
-    if not math.isfinite(loss.item()):
-        raise DivergedError(
-            f"training loss became {loss.item()} at batch {index}; "
-            f"lower train.lr (now {loop.params.lr})"
-        )
     loop.optimizer.zero_grad(set_to_none=True)
     loop.scaler.scale(loss).backward()
     if loop.params.grad_clip:
         loop.scaler.unscale_(loop.optimizer)
         nn.utils.clip_grad_norm_(loop.model.parameters(), loop.params.grad_clip)
-    scale = loop.scaler.get_scale()
+    scale = loop.scaler.get_scale()  # fp16 only: reads the GPU (1.0 without loss scaling)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
     if loop.scaler.get_scale() >= scale:  # fp16: a lowered scale means the step was skipped
         loop.scheduler.step()
     if loop.ema is not None:
         loop.ema.update_parameters(distributed.unwrap(loop.model))
-    return loss.item(), logits.detach().float().cpu()
+    return loss.detach(), logits.detach()
 
 
 def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
     """One epoch on this rank's shard; returns the mean loss and the metrics of its batches
-    scored against each image's own (unmixed) label."""
+    scored against each image's own (unmixed) label. A loss that became NaN or infinite in
+    any batch stops the run once the epoch is done (the host reads the losses once)."""
     loop.model.train()
     generator = epoch_generator(loop.params.seed + MIX_STREAM, epoch)
-    total, seen, all_logits, all_targets = 0.0, 0, [], []
+    losses, all_logits, all_targets = [], [], []
     batches = tqdm(
         loop.loader(epoch),
         desc=f"epoch {epoch}/{loop.params.epochs}",
@@ -349,14 +346,23 @@ def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
         leave=False,
         disable=None if loop.job.process.is_main else True,  # None: only on a terminal
     )
-    for index, batch in enumerate(batches):
+    for batch in batches:
         x, y = _inputs(loop, batch, generator)
-        loss, logits = _step(loop, x, y, index)
-        total, seen = total + loss * len(logits), seen + len(logits)
+        loss, logits = _step(loop, x, y)
+        losses.append(loss)
         all_logits.append(logits)
         all_targets.append(batch[1])
-    scores = to_scores(torch.cat(all_logits), loop.job.info.task)
-    return total / max(seen, 1), score_metrics(scores, torch.cat(all_targets), loop.job.info, 0.5)
+    per_batch = torch.stack(losses).double().cpu()  # (steps,)
+    broken = torch.nonzero(~torch.isfinite(per_batch)).flatten().tolist()
+    if broken:
+        raise DivergedError(
+            f"training loss became {per_batch[broken[0]].item()} at batch {broken[0]} of epoch "
+            f"{epoch}; lower train.lr (now {loop.params.lr})"
+        )
+    sizes = torch.tensor([len(targets) for targets in all_targets], dtype=torch.float64)
+    mean_loss = float((per_batch * sizes).sum() / max(float(sizes.sum()), 1.0))
+    scores = to_scores(torch.cat(all_logits).float().cpu(), loop.job.info.task)
+    return mean_loss, score_metrics(scores, torch.cat(all_targets), loop.job.info, 0.5)
 
 
 def _epoch_log(loop: Loop, epoch: int, train_loss: float, train: dict[str, Any]) -> EpochLog:
