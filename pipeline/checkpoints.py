@@ -12,6 +12,7 @@ import json
 import logging
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,23 @@ def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module,
     return model, int(checkpoint["image_size"]), info
 
 
-def fingerprint(manifest: Path, params: TrainParams, world_size: int) -> str:
+def code_files() -> list[Path]:
+    """The modules of the pipeline package: code that shapes what training makes."""
+    return sorted(Path(__file__).parent.glob("*.py"))
+
+
+def fingerprint(
+    manifest: Path, params: TrainParams, world_size: int, code: Sequence[Path] = ()
+) -> str:
     """What a resumable state belongs to: the split manifest's bytes, every train param
-    except the device and worker count, and the number of processes."""
+    except the device and worker count, the number of processes, and the bytes of the `code`
+    files (after a code change, say a new decode, DVC re-runs the stage: it must train again,
+    not resume a state that the old code saved)."""
     settings = params.model_dump(exclude={"device", "num_workers"})
     digest = hashlib.sha256(manifest.read_bytes())
     digest.update(json.dumps([settings, world_size], sort_keys=True).encode())
+    for file in code:
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()
 
 

@@ -20,7 +20,7 @@ import torch
 from dvclive import Live
 
 from pipeline import distributed
-from pipeline.checkpoints import fingerprint, save_model
+from pipeline.checkpoints import code_files, fingerprint, save_model
 from pipeline.datasets import decode_images, output_names, scaled_boxes, targets
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import TaskInfo, read_manifest
@@ -133,7 +133,7 @@ def run(
             device,
             process,
             state / "last.pt",
-            fingerprint(manifest, params, process.world_size),
+            fingerprint(manifest, params, process.world_size, [*code_files(), Path(__file__)]),
             _reporter(live, params.epochs),
         )
         result = fit(model, train, val, params, job)

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, read_curves, write_params
+
+from pipeline.checkpoints import code_files, fingerprint
+from pipeline.params import TrainParams
 
 TRAIN = {"epochs": 6, "image_size": 48, "batch_size": 8, "lr": 0.003, "dropout": 0.3}
 
@@ -97,6 +101,22 @@ def test_changed_params_start_afresh_instead_of_resuming(outputs: Path, tmp_path
     rerun = python(args)
     assert rerun.returncode == 0, rerun.stderr
     assert "not resuming" in rerun.stderr and "resuming after" not in rerun.stderr
+
+
+def test_a_state_saved_by_other_code_is_not_resumed(tmp_path: Path) -> None:
+    """A code change makes DVC re-run the stage; the state the old code saved must not be
+    resumed (a finished run's state would hand back the old model without training)."""
+    manifest, module = tmp_path / "split.parquet", tmp_path / "decode.py"
+    manifest.write_bytes(b"rows")
+    module.write_text("size = 64\n")
+    params = TrainParams.model_validate(
+        {**yaml.safe_load((REPO / "params.yaml").read_text())["train"], **TRAIN}
+    )
+    before = fingerprint(manifest, params, 1, [module])
+    assert fingerprint(manifest, params, 1, [module]) == before  # same code: resumable
+    module.write_text("size = 64  # letterbox\n")
+    assert fingerprint(manifest, params, 1, [module]) != before
+    assert REPO / "pipeline/datasets.py" in code_files()  # the decode is part of the code
 
 
 @pytest.mark.parametrize("outputs", [False, True], indirect=True, ids=["multiclass", "multilabel"])
