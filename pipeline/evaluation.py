@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 from torch import nn
 
 from pipeline.datasets import decode_stack, output_names, targets
@@ -145,6 +145,16 @@ def called_good(side: Scored, hot: np.ndarray) -> np.ndarray:
     return np.asarray(~hot.any(axis=1))
 
 
+def defect_auc(side: Scored) -> float | None:
+    """ROC AUC of telling defective images from good ones by how defective they look (one
+    minus the good score): free of any threshold, so variants compare before an operating point
+    is chosen. None unless the side has both good and defective images."""
+    defective = side.is_defective
+    if defective.all() or not defective.any():
+        return None
+    return round(float(roc_auc_score(defective, 1.0 - side.good_scores)), 4)
+
+
 def build_metrics(
     sides: dict[str, Scored], thresholds: Thresholds, params: EvaluateParams
 ) -> dict[str, Any]:
@@ -156,6 +166,7 @@ def build_metrics(
         result[name] = side_metrics(side, hot, params)
         if name != "train":
             result[name]["scores"] = score_statistics(side.scores, hot, output_names(side.info))
+            result[name]["defect_auc"] = defect_auc(side)
     train, val = result["train"], result["val"]
     scored = train["images"] and val["images"]  # no gap to an empty side
     result["train_val_gap"] = {

@@ -75,6 +75,9 @@ def test_multiclass_operating_point_is_chosen_on_val_and_applied_to_test() -> No
     assert (operating["miss_rate"], operating["overkill_rate"]) == (0.5, 1.0)
     assert operating["miss_rate_low"] <= 0.5 <= operating["miss_rate_high"]
     assert metrics["train_val_gap"] == {"accuracy": 0.0, "macro_f1": 0.0}
+    # defect AUC: val's defectives all look worse than its good images; on test one of two does
+    assert (metrics["val"]["defect_auc"], metrics["test"]["defect_auc"]) == (1.0, 0.5)
+    assert "defect_auc" not in metrics["train"]
     decisions = [row["decision"] for row in prediction_rows(TEST, thresholds, _params())]
     assert decisions == ["scratch", "scratch", "good"]
     counts = {(r["actual"], r["predicted"]): r["count"] for r in confusion_rows(TEST, decisions)}
@@ -96,7 +99,7 @@ def test_a_val_side_without_defects_falls_back_to_argmax_and_says_why() -> None:
     assert "no defective" in str(thresholds.val["reason"])
     empty = Scored("val", [], np.zeros((0, 3)), np.zeros(0, dtype=int), MULTICLASS)
     metrics = build_metrics({"train": VAL, "val": empty, "test": TEST}, thresholds, _params())
-    assert metrics["val"]["images"] == 0
+    assert metrics["val"]["images"] == 0 and metrics["val"]["defect_auc"] is None
     assert metrics["train_val_gap"] == {"accuracy": None, "macro_f1": None}
 
 
@@ -114,6 +117,7 @@ def test_multilabel_per_defect_thresholds_and_decisions() -> None:
     metrics = build_metrics({"train": val, "val": val, "test": val}, thresholds, _params())
     operating = metrics["operating"]
     assert operating["threshold_scratch"] == pytest.approx(0.6)
+    assert metrics["val"]["defect_auc"] == 1.0  # highest defect scores 0.8, 0.6 against 0.3
     # at 0.5 as trained, the hole at 0.4 is missed; at its own threshold it is found
     assert metrics["val"]["per_class"]["hole"]["recall"] == 0.0
     assert operating["val"]["per_class"]["hole"]["recall"] == 1.0
