@@ -37,6 +37,8 @@ _LOG_ASPECT = math.log(3.0)
 # defect_cutmix: candidate rectangles drawn per size, and how many times the size is halved.
 _DRAWS = 20
 _SHRINKS = 3
+# A region of unknown location: the whole image (clipped to it where used).
+_WHOLE = np.array([[-np.inf, -np.inf, np.inf, np.inf]])
 
 
 class MixError(ApexLoopError):
@@ -153,8 +155,9 @@ def mix_batch(
       original CutMix, so a partner defect counts by the share of the image pasted).
     - defect_cutmix: image i's rectangle covers at most max_cover of each of its own defect
       regions (see `_defect_regions`); when none fits after shrinking, image i is left as it
-      is (lam = 1). The patch is labelled by what it shows (`_patch_row`): multiclass
-      t = lam t + (1 - lam) onehot(patch class), multilabel t = max(t, patch labels).
+      is (lam = 1). Labels follow the defects that show, not the pixel shares: multilabel
+      t = max(t, labels the patch shows) (`_patch_row`); multiclass, by visible defect area
+      (`_visible_row`), so a defect that shows is never part "good".
     - unmixed (mode none, a batch not drawn, B = 1): copies, lam = 1.
     """
     _check_batch(images, targets, boxes, box_labels, task, good_index)
@@ -179,12 +182,27 @@ def mix_batch(
         _fit_rect(rng, r, reg[0], size, config) for r, reg in zip(ratios, regions, strict=True)
     ]
     pasted, own = _paste(images, perm, rects)
-    patches = [
-        _patch_row(rects[i], regions[j], rows[j], size, good_index, config.min_visible)
+    if good_index is None:
+        patches = [
+            _patch_row(rects[i], regions[j], rows.shape[1], size, config.min_visible)
+            for i, j in enumerate(perm.tolist())
+        ]
+        patch = torch.as_tensor(np.stack(patches), dtype=targets.dtype, device=targets.device)
+        return MixedBatch(pasted, torch.maximum(targets, patch), own)
+    labelled = [
+        _visible_row(
+            rects[i],
+            regions[i][0],
+            regions[j][0],
+            rows[i],
+            rows[j],
+            size,
+            good_index,
+            config.min_visible,
+        )
         for i, j in enumerate(perm.tolist())
     ]
-    patch = torch.as_tensor(np.stack(patches), dtype=targets.dtype, device=targets.device)
-    mixed = torch.maximum(targets, patch) if good_index is None else _blend(targets, patch, own)
+    mixed = torch.as_tensor(np.stack(labelled), dtype=targets.dtype, device=targets.device)
     return MixedBatch(pasted, mixed, own)
 
 
@@ -326,9 +344,27 @@ def _defect_regions(
         top = int(np.argmax(values))
         defects = set() if top == good_index else {top}
     unboxed = sorted(defects - set(labels.tolist()))
-    whole = np.tile([-np.inf, -np.inf, np.inf, np.inf], (len(unboxed), 1))  # (u, 4)
+    whole = np.tile(_WHOLE, (len(unboxed), 1))  # (u, 4)
     regions = np.concatenate([coords.detach().cpu().double().numpy().reshape(-1, 4), whole])
     return regions, np.concatenate([labels.cpu().numpy(), unboxed]).astype(np.int64)
+
+
+def _clipped(
+    regions: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x0, y0, x1, y1 (m,) of XYXY regions clipped to the image."""
+    return (
+        np.clip(regions[:, 0], 0, width),
+        np.clip(regions[:, 1], 0, height),
+        np.clip(regions[:, 2], 0, width),
+        np.clip(regions[:, 3], 0, height),
+    )
+
+
+def _areas(regions: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float64 (m,) pixel areas of XYXY regions clipped to the image (0: out of view)."""
+    x0, y0, x1, y1 = _clipped(regions, height, width)
+    return np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
 
 
 def _shares(rects: np.ndarray, regions: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -337,11 +373,8 @@ def _shares(rects: np.ndarray, regions: np.ndarray, height: int, width: int) -> 
     A region with no area inside the image (a box pushed out of view) gets share 0: it can be
     neither covered nor shown.
     """
-    x0 = np.clip(regions[:, 0], 0, width)  # (m,)
-    y0 = np.clip(regions[:, 1], 0, height)
-    x1 = np.clip(regions[:, 2], 0, width)
-    y1 = np.clip(regions[:, 3], 0, height)
-    area = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)  # (m,)
+    x0, y0, x1, y1 = _clipped(regions, height, width)  # (m,) each
+    area = _areas(regions, height, width)  # (m,)
     top, left = rects[:, 0:1], rects[:, 1:2]  # (R, 1)
     bottom, right = top + rects[:, 2:3], left + rects[:, 3:4]
     across = np.clip(np.minimum(right, x1) - np.maximum(left, x0), 0, None)  # (R, m)
@@ -375,24 +408,52 @@ def _fit_rect(
 def _patch_row(
     rect: np.ndarray | None,
     partner: tuple[np.ndarray, np.ndarray],
-    partner_row: torch.Tensor,
+    n_outputs: int,
     size: tuple[int, int],
-    good_index: int | None,
     min_visible: float,
 ) -> np.ndarray:
-    """float64 (K,) label of the pasted patch: multilabel, a 1 per partner defect with a region
-    showing at least min_visible of its area; multiclass, one-hot of the partner's class when
-    it is defective and one of its regions shows, else of good_index."""
-    labels = np.zeros(partner_row.shape[0], dtype=np.float64)  # (K,)
+    """float64 (K,) multilabel label of the pasted patch: a 1 per partner defect with a region
+    showing at least min_visible of its area inside the patch."""
+    labels = np.zeros(n_outputs, dtype=np.float64)  # (K,)
     regions, region_labels = partner
-    shown = np.zeros(0, dtype=np.int64)
     if rect is not None and len(regions):
-        visible = _shares(rect[None, :], regions, *size)[0] >= min_visible  # (m,)
-        shown = region_labels[visible]
-    if good_index is None:
-        labels[shown] = 1.0
-        return labels
-    partner_class = int(torch.argmax(partner_row))
-    is_shown = partner_class != good_index and len(shown) > 0
-    labels[partner_class if is_shown else good_index] = 1.0
+        labels[region_labels[_shares(rect[None, :], regions, *size)[0] >= min_visible]] = 1.0
     return labels
+
+
+def _visible_row(
+    rect: np.ndarray | None,
+    own: np.ndarray,
+    partner: np.ndarray,
+    own_row: torch.Tensor,
+    partner_row: torch.Tensor,
+    size: tuple[int, int],
+    good_index: int,
+    min_visible: float,
+) -> np.ndarray:
+    """float64 (K,) multiclass target of a mixed image, weighted by the defect area that shows.
+
+    A region counts when at least min_visible of it shows: the base image's own regions outside
+    the patch (a defect whose boxes are all out of view counts as the whole image, as it did
+    before mixing), the partner's regions inside it. Each class gets its counted area over the
+    total; with nothing counted the image is good. So a defect pasted into a good image makes it
+    wholly that defect, and a base defect left in view keeps its label unless a pasted defect
+    shares the image with it. rect None (nothing pasted): own_row as it is.
+    """
+    if rect is None:  # not mixed
+        return own_row.numpy().copy()
+    height, width = size
+    weights = np.zeros(own_row.shape[0], dtype=np.float64)  # (K,)
+    for regions, row, inside in ((own, own_row, False), (partner, partner_row, True)):
+        cls = int(torch.argmax(row))
+        if cls == good_index or not len(regions):
+            continue
+        areas = _areas(regions, height, width)  # (m,)
+        if not inside and not (areas > 0).any():
+            regions, areas = _WHOLE, np.array([float(height * width)])
+        share = _shares(rect[None, :], regions, height, width)[0]  # (m,) inside the patch
+        shown = share if inside else 1.0 - share
+        weights[cls] += float((areas * shown)[(areas > 0) & (shown >= min_visible)].sum())
+    if weights.sum() == 0:
+        weights[good_index] = 1.0
+    return weights / weights.sum()

@@ -311,8 +311,34 @@ def shown_labels(batch: Batch, partner: int, mask: torch.Tensor, min_visible: fl
     return shown
 
 
+def visible_target(
+    batch: Batch, i: int, j: int, mask: torch.Tensor, config: MixConfig
+) -> torch.Tensor:
+    """Oracle, multiclass: image i's target after partner j's patch (mask) was pasted in. Each
+    defect class weighs the pixels of its boxes that show (own boxes outside the patch, the
+    partner's inside it), counting a box when min_visible of it shows; own defects with no box
+    in view are the whole image; nothing counted: good."""
+    weights = torch.zeros(batch.targets.shape[1], dtype=torch.float64)
+    for image, in_patch in ((i, False), (j, True)):
+        if not batch.labels[image]:
+            continue
+        cls = next(iter(batch.labels[image]))
+        boxes = [b for b in batch.boxes[image] if (b[2] - b[0]) * (b[3] - b[1]) > 0]
+        if not boxes and (not in_patch or not batch.boxes[image]):
+            boxes = [(0, 0, mask.shape[1], mask.shape[0], cls)]
+        for box in boxes:
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            inside = share_in(mask, box)
+            shown = inside if in_patch else 1.0 - inside
+            if shown >= config.min_visible:
+                weights[cls] += shown * area
+    if weights.sum() == 0:
+        weights[batch.good_index] = 1.0
+    return (weights / weights.sum()).to(torch.float32)
+
+
 @given(st.data(), seeds)
-def test_defect_cutmix_labels_the_patch_by_what_it_shows(data: st.DataObject, seed: int) -> None:
+def test_defect_cutmix_labels_by_the_defects_that_show(data: st.DataObject, seed: int) -> None:
     batch, config = data.draw(batches()), data.draw(configs("defect_cutmix"))
     out = batch.mix(config, seed)
     if batch.task == "multilabel":
@@ -328,28 +354,54 @@ def test_defect_cutmix_labels_the_patch_by_what_it_shows(data: st.DataObject, se
             expected[sorted(shown)] = 1.0
             assert torch.equal(out.targets[i], expected)
             continue
-        patch = torch.zeros_like(expected)
-        patch[next(iter(batch.labels[j])) if shown else batch.good_index] = 1.0
-        lam = float(own_share(mask))
-        assert torch.allclose(out.targets[i], lam * expected + (1 - lam) * patch, atol=1e-6)
+        assert torch.allclose(out.targets[i], visible_target(batch, i, j, mask, config), atol=1e-6)
 
 
-def test_multiclass_patch_is_good_when_the_partner_defect_is_outside_it() -> None:
-    # both defects fill the left half; max_cover 0 keeps each patch in the right half, so the
-    # partner's defect (same place) never shows and the patch is labelled good
+def test_a_multiclass_defect_in_view_keeps_its_label_whatever_is_pasted() -> None:
+    # both defects fill the left half; max_cover 0 keeps each patch in the right half, so each
+    # image's own defect shows whole and the partner's (same place) never does: the labels stay
     left_half = [(0, 0, 8, 16, 1)], [(0, 0, 8, 16, 2)]
     batch = make_batch("multiclass", 3, 0, [{1}, {2}], list(left_half))
     config = MixConfig("defect_cutmix", 1.0, 1.0, 0.05, 0.3, 0.0, 0.01)
     mixed = 0
     for seed in range(10):
         out = batch.mix(config, seed)
-        for i, mask in enumerate(changed(batch, out)):
-            assert not mask[:, :8].any()
-            lam = float(own_share(mask))
-            good = torch.tensor([1 - lam, 0.0, 0.0])
-            assert torch.allclose(out.targets[i], lam * batch.targets[i] + good, atol=1e-6)
-            mixed += bool(mask.any())
+        masks = changed(batch, out)
+        assert not masks[:, :, :8].any()
+        assert torch.equal(out.targets, batch.targets)
+        mixed += int(masks.any(dim=(1, 2)).sum())
     assert mixed > 0
+
+
+def test_a_defect_pasted_into_a_good_image_makes_it_defective() -> None:
+    # image 0 is good, image 1 has a small defect in the middle; a half-image patch that shows
+    # all of it makes image 0 wholly defect 2 (not half good), one that does not leaves it good
+    box = (6, 6, 10, 10, 2)
+    batch = make_batch("multiclass", 3, 0, [set(), {2}], [[], [box]])
+    config = MixConfig("defect_cutmix", 1.0, 1.0, 0.5, 0.5, 1.0, 1.0)
+    seen = set()
+    for seed in range(40):
+        out = batch.mix(config, seed)
+        shows = share_in(changed(batch, out)[0], box) == 1.0
+        expected = [0.0, 0.0, 1.0] if shows else [1.0, 0.0, 0.0]
+        assert torch.equal(out.targets[0], torch.tensor(expected))
+        seen.add(shows)
+    assert seen == {True, False}
+
+
+def test_two_multiclass_defects_share_the_label_by_visible_area() -> None:
+    # image 0: defect 1 in an 8x4 box at the top left; image 1: defect 2 filling the bottom 12
+    # rows. A patch of the bottom 12 rows (allowed: it covers none of image 0's box) shows all of
+    # image 1's defect beside image 0's: 32 px of defect 1 and 192 px of defect 2, whatever the
+    # pixel shares (1/4 own, 3/4 pasted)
+    batch = make_batch("multiclass", 3, 0, [{1}, {2}], [[(0, 0, 8, 4, 1)], [(0, 4, 16, 16, 2)]])
+    config = MixConfig("defect_cutmix", 1.0, 1.0, 0.75, 0.75, 0.0, 1.0)
+    for seed in range(40):
+        out = batch.mix(config, seed)
+        if rectangle_of(changed(batch, out)[0]) == (4, 0, 12, 16):
+            assert torch.allclose(out.targets[0], torch.tensor([0.0, 32 / 224, 192 / 224]))
+            return
+    pytest.fail("no seed drew the bottom 12 rows as image 0's patch")
 
 
 @pytest.mark.parametrize(("task", "good_index"), [("multiclass", 0), ("multilabel", None)])
@@ -366,12 +418,11 @@ def test_a_partner_defect_without_boxes_shows_by_patch_area(
     assert not masks[1].any() and out.lam[1] == 1.0
     assert torch.equal(out.targets[1], batch.targets[1])
     assert 0.25 < 1 - float(out.lam[0]) < 0.75  # 0.5 to within 8 px / 256 px
-    expected = torch.zeros(3)
-    if task == "multiclass":
-        expected[0] = 1.0 if min_visible == 0.75 else float(out.lam[0])
-        expected[1] = 1.0 - expected[0]
-    else:
-        expected[1] = 1.0 if min_visible == 0.25 else 0.0
+    expected = torch.zeros(3)  # shown (min_visible 0.25): defect 1; hidden (0.75): good
+    if min_visible == 0.25:
+        expected[1] = 1.0
+    elif good_index is not None:
+        expected[good_index] = 1.0
     assert torch.allclose(out.targets[0], expected, atol=1e-6)
 
 
