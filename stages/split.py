@@ -35,20 +35,27 @@ SIDES = ("train", "val", "test")
 
 
 def _composition(rows: list[dict[str, Any]], keys: list[str], info: TaskInfo) -> dict[str, Any]:
+    """Images, groups, each class's share of the images and its number of groups: a class's
+    figures on a side rest on that many independent parts, however many images they hold."""
     counts = Counter(name for row in rows for name in info.row_classes(row))
+    groups: dict[str, set[str]] = {name: set() for name in info.classes}
+    for row, key in zip(rows, keys, strict=True):
+        for name in info.row_classes(row):
+            groups[name].add(key)
     return {
         "images": len(rows),
         "groups": len(set(keys)),
         "class_share": {name: round(counts[name] / max(len(rows), 1), 4) for name in info.classes},
+        "class_groups": {name: len(groups[name]) for name in info.classes},
     }
 
 
 def summarise(
     rows: list[dict[str, Any]], keys: list[str], info: TaskInfo, missing: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Per side (and per fold): images, groups, each class's share of the images and its gap
-    to the whole in points; the largest gap; classes missing from some side (policy
-    train_only) with their group count and those sides."""
+    """Per side (and per fold): images, groups, each class's share of the images, its number
+    of groups and its gap to the whole in points; the largest gap; classes missing from some
+    side (policy train_only) with their group count and those sides."""
     whole = _composition(rows, keys, info)
     summary: dict[str, Any] = {"whole": whole}
     parts = [(side, "split", side) for side in SIDES]

@@ -129,6 +129,12 @@ def test_split_stage_assigns_every_cleaned_row_and_reports_it(tmp_path: Path, ta
         counts = Counter(name for row in members for name in _classes_of(row, task))
         assert metrics[side]["images"] == len(members)
         assert metrics[side]["groups"] == len(named) + ungrouped
+        # a group per named part, one per ungrouped image
+        parts = {name: set() for name in CLASSES}
+        for row in members:
+            for name in _classes_of(row, task):
+                parts[name].add(row["group"] or row["path"])
+        assert metrics[side]["class_groups"] == {name: len(parts[name]) for name in CLASSES}
         assert set(metrics[side]["class_share"]) == set(CLASSES)
         for name in CLASSES:
             expected = counts[name] / len(members)
