@@ -287,6 +287,27 @@ def test_blurred_image_is_blurrier_than_its_source_at_any_working_size(
     assert b.sharpness < a.sharpness
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1))
+@example(1, 1, 0)
+def test_laplacian_variance_equals_numpys_variance_of_the_laplacian(
+    height: int, width: int, seed: int
+) -> None:
+    grey = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+    # 4-neighbour Laplacian by hand, borders mirrored without repeating the edge (OpenCV's
+    # default); along a 1-pixel side the pixel is its own mirror image
+    padded = grey.astype(np.int64)
+    for axis, side in enumerate((height, width)):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (1, 1)
+        padded = np.pad(padded, pad, mode="reflect" if side > 1 else "edge")
+    centre = padded[1:-1, 1:-1]
+    laplacian = (
+        padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * centre
+    )
+    assert checks.laplacian_variance(grey) == pytest.approx(np.var(laplacian), rel=1e-12, abs=1e-9)
+
+
 @pytest.mark.parametrize(("working_size", "expected"), [(0, (300, 400)), (100, (75, 100))])
 def test_sharpness_is_measured_at_working_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, working_size: int, expected: tuple[int, int]
