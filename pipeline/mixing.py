@@ -363,7 +363,11 @@ def _clipped(
 
 def _areas(regions: np.ndarray, height: int, width: int) -> np.ndarray:
     """float64 (m,) pixel areas of XYXY regions clipped to the image (0: out of view)."""
-    x0, y0, x1, y1 = _clipped(regions, height, width)
+    return _clipped_areas(*_clipped(regions, height, width))
+
+
+def _clipped_areas(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+    """float64 (m,) areas of regions already clipped to the image (0: out of view)."""
     return np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
 
 
@@ -374,7 +378,7 @@ def _shares(rects: np.ndarray, regions: np.ndarray, height: int, width: int) -> 
     neither covered nor shown.
     """
     x0, y0, x1, y1 = _clipped(regions, height, width)  # (m,) each
-    area = _areas(regions, height, width)  # (m,)
+    area = _clipped_areas(x0, y0, x1, y1)  # (m,)
     top, left = rects[:, 0:1], rects[:, 1:2]  # (R, 1)
     bottom, right = top + rects[:, 2:3], left + rects[:, 3:4]
     across = np.clip(np.minimum(right, x1) - np.maximum(left, x0), 0, None)  # (R, m)
