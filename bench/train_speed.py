@@ -15,6 +15,9 @@ the decoded cache (as from the second epoch on):
          the same batch size (after 3 warm-up steps), on the device, under the same autocast
          as the loop (train.amp: auto) on CUDA.
   ratio  loop / bare (goal >= 0.9).
+  data   images/s of the loop's DataLoader alone (sampler, per-image augmentation, batching),
+         best of --repeats epochs: what feeding the step costs (on a CPU the two share the
+         cores; on a GPU the loop cannot go faster than this).
 Loop and bare runs alternate --repeats times (the host is shared: a disturbance then hits both
 sides alike); images/s are the best run of each, the ratio is the median of the pairs' ratios.
 """
@@ -76,8 +79,9 @@ def synchronize(device: torch.device) -> None:
 
 def loop_runner(
     params: TrainParams, side: Side, info: TaskInfo, device: torch.device
-) -> Callable[[], float]:
-    """After a warm-up epoch of the real loop, a call times one more epoch: images/s."""
+) -> tuple[Callable[[], float], Callable[[], float]]:
+    """After a warm-up epoch of the real loop, a call of the first times one more epoch of it,
+    a call of the second one epoch of its DataLoader alone: images/s."""
     torch.manual_seed(0)
     model = build_model(params.model, len(output_names(info)), False, params.dropout)
     job = Job(info, device, Process(0, 1), None, "", lambda entry: None)
@@ -92,7 +96,12 @@ def loop_runner(
         synchronize(device)
         return len(loop.sampler) / (time.perf_counter() - started)
 
-    return timed
+    def data() -> float:
+        started = time.perf_counter()
+        count = sum(len(batch[0]) for batch in loop.loader(next(epochs)))
+        return count / (time.perf_counter() - started)
+
+    return timed, data
 
 
 def bare_runner(
@@ -171,17 +180,19 @@ def main() -> None:
                     "num_workers": args.workers,
                 }
                 params = TrainParams.model_validate({**section, **SETTINGS[args.data], **changes})
-                loop = loop_runner(params, side, info, device)
+                loop, data = loop_runner(params, side, info, device)
                 steps = len(rows) // args.batch
                 bare = bare_runner(params, len(output_names(info)), steps, device)
                 # interleaved, so a disturbance of the shared host hits both sides alike
                 pairs = [(loop(), bare()) for _ in range(args.repeats)]
                 ratio = float(np.median([a / b for a, b in pairs]))
                 loop_best, bare_best = max(a for a, _ in pairs), max(b for _, b in pairs)
+                feed = max(data() for _ in range(args.repeats))
                 print(
                     f"{name:13s} {size:4d}px  loop {loop_best:7.1f} images/s  "
                     f"bare {bare_best:7.1f} images/s  ratio {ratio:.2f} "
-                    f"(per pair: {', '.join(f'{a / b:.2f}' for a, b in pairs)})"
+                    f"(per pair: {', '.join(f'{a / b:.2f}' for a, b in pairs)})  "
+                    f"data {feed:7.1f} images/s"
                 )
 
 

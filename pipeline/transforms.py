@@ -8,6 +8,11 @@ Train and eval see images differently, on purpose:
   and `pipeline.inference.normalise` does the float conversion and ImageNet normalisation for
   both sides, so train and eval differ only by the random augmentation.
 
+The transforms run on a PIL image of the uint8 pixels, not on the tensor: torchvision's v2
+dispatches PIL inputs to Pillow's C routines, which on 128-224 px images are 1.5-2.3x faster than
+its tensor kernels for the same transforms (rotation 3-5x: no float grid), and a CPU training
+loop pays for every millisecond of per-image augmentation (bench/train_speed.py).
+
 Randomness is explicit: torchvision's v2 transforms draw from torch's global CPU generator, so
 `augment` runs them inside `torch.random.fork_rng` seeded from the caller's seed. The caller's
 global RNG state is the same before and after, and one seed always gives one result.
@@ -15,7 +20,9 @@ global RNG state is the same before and after, and one seed always gives one res
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -25,7 +32,8 @@ from pipeline.params import TrainParams
 def build_augment(params: TrainParams) -> v2.Transform | None:
     """The train-time augmentation named by `params`; None when every part is switched off.
 
-    Input and output: a uint8 `tv_tensors.Image` (3, S, S) with S = params.image_size, and a
+    Input and output: an RGB image of S x S pixels, S = params.image_size (a PIL image, as
+    `augment` passes it, or a uint8 `tv_tensors.Image` (3, S, S)), and a
     `tv_tensors.BoundingBoxes` (n, 4) XYXY on the (S, S) canvas. Invariants: the output image
     stays uint8 and S x S; the output has exactly the n input boxes in the same order (no
     SanitizeBoundingBoxes: each box stays aligned with its label), clamped to the canvas, so a
@@ -69,8 +77,10 @@ def augment(
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"expected boxes of shape (n, 4), got {tuple(boxes.shape)}")
     height, width = image.shape[1:]
-    # clones: a transform that does nothing (a flip not drawn) returns its input tensor itself
-    pixels = tv_tensors.Image(image.clone())
+    # PIL copies the pixels in (and np.array copies them out), so nothing is shared with the
+    # input even when a transform does nothing (a flip not drawn returns its input itself)
+    # three (S, S) planes merged: a third of the cost of converting the permuted tensor
+    pixels = Image.merge("RGB", [Image.fromarray(plane) for plane in image.numpy()])
     frame = tv_tensors.BoundingBoxes(
         boxes.to(torch.float32, copy=True), format="XYXY", canvas_size=(height, width)
     )
@@ -78,4 +88,6 @@ def augment(
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         out_image, out_boxes = transform(pixels, frame)
-    return out_image.as_subclass(torch.Tensor), out_boxes.as_subclass(torch.Tensor)
+    # (3, S', S') view of PIL's (S', S', 3) pixels: batching stacks it into a contiguous batch
+    out = torch.from_numpy(np.array(out_image, dtype=np.uint8)).permute(2, 0, 1)
+    return out, out_boxes.as_subclass(torch.Tensor)
