@@ -20,11 +20,11 @@ global RNG state is the same before and after, and one seed always gives one res
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from pipeline.params import TrainParams
 
@@ -77,9 +77,9 @@ def augment(
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"expected boxes of shape (n, 4), got {tuple(boxes.shape)}")
     height, width = image.shape[1:]
-    # PIL copies the pixels in (and np.array copies them out), so nothing is shared with the
-    # input even when a transform does nothing (a flip not drawn returns its input itself)
-    # three (S, S) planes merged: a third of the cost of converting the permuted tensor
+    # PIL copies the pixels in and pil_to_tensor copies them out, so nothing is shared with
+    # the input even when a transform does nothing (a flip not drawn returns its input). In:
+    # three (S, S) planes merged, a third of the cost of F.to_pil_image's permuted copy.
     pixels = Image.merge("RGB", [Image.fromarray(plane) for plane in image.numpy()])
     frame = tv_tensors.BoundingBoxes(
         boxes.to(torch.float32, copy=True), format="XYXY", canvas_size=(height, width)
@@ -88,6 +88,5 @@ def augment(
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         out_image, out_boxes = transform(pixels, frame)
-    # (3, S', S') view of PIL's (S', S', 3) pixels: batching stacks it into a contiguous batch
-    out = torch.from_numpy(np.array(out_image, dtype=np.uint8)).permute(2, 0, 1)
-    return out, out_boxes.as_subclass(torch.Tensor)
+    # (3, S', S') view of (S', S', 3) pixels: batching stacks it into a contiguous batch
+    return F.pil_to_tensor(out_image), out_boxes.as_subclass(torch.Tensor)
