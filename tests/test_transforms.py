@@ -175,6 +175,13 @@ def test_images_without_boxes() -> None:
     assert transform is not None
     image, boxes = augment(transform, noise_image(6), torch.zeros((0, 4)), seed=3)
     assert image.shape == (3, SIZE, SIZE) and boxes.shape == (0, 4)
+    # the pixels are the same as the same image's with a box, seed for seed (the box-free path
+    # skips the box kernels, not a random draw)
+    with_box = torch.tensor([[4.0, 4.0, 20.0, 16.0]])
+    for seed in range(10):
+        alone, _ = augment(transform, noise_image(6), torch.zeros((0, 4)), seed)
+        boxed, _ = augment(transform, noise_image(6), with_box, seed)
+        assert torch.equal(alone, boxed)
 
 
 def test_rejects_a_float_image() -> None:
