@@ -18,10 +18,14 @@ from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
 from pipeline.losses import BinaryFocalLoss, FocalLoss, LossConfigError
 from pipeline.manifest import TaskInfo
+from pipeline.models import build_model
 from pipeline.params import TrainParams, load_section
 from pipeline.samplers import ShuffleEpochSampler, WeightedEpochSampler
 from pipeline.training import (
     EpochLog,
+    Job,
+    Loop,
+    Side,
     balance,
     build_criterion,
     build_optimizer,
@@ -252,3 +256,27 @@ def test_sgd_has_nesterov_momentum_and_leaves_frozen_parameters_out() -> None:
     group = optimizer.param_groups[0]
     assert group["nesterov"] and group["momentum"] == 0.9
     assert {id(p) for p in group["params"]} == {id(p) for p in model[1].parameters()}
+
+
+def test_samples_carry_boxes_only_for_defect_aware_cutmix() -> None:
+    """Boxes feed defect-aware CutMix alone; otherwise they are not augmented along, and the
+    pixels are the same either way."""
+    images, labels = imbalanced()
+    boxes = [
+        (torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([int(label)]))
+        if label
+        else (torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.int64))
+        for label in labels.tolist()
+    ]
+    side = Side(images, labels, boxes)
+    seen = {}
+    for mix in ("none", "defect_cutmix"):
+        settings = params(mix=mix, image_size=4, batch_size=100, rotate_degrees=10.0)
+        model = build_model("resnet18", 3, False, 0.0)
+        loop = Loop(model, side, side, settings, Job(MULTICLASS, CPU, ONE, None, "", print))
+        seen[mix] = next(iter(loop.loader(1)))
+    none_images, none_targets, none_boxes, none_labels = seen["none"]
+    cut_images, cut_targets, cut_boxes, cut_labels = seen["defect_cutmix"]
+    assert all(b.shape == (0, 4) for b in none_boxes) and all(not len(b) for b in none_labels)
+    assert sum(len(b) for b in cut_boxes) == 10 and sum(len(b) for b in cut_labels) == 10
+    assert torch.equal(none_images, cut_images) and torch.equal(none_targets, cut_targets)
