@@ -2,7 +2,7 @@
 
 Usage: python bench/train_speed.py [--magnetic PATH] [--images 256] [--batch 32]
            [--models mobilenet_v2,resnet18] [--sizes 128,224]
-           [--workers 0] [--repeats 3] [--data heavy|params] [--device cpu|cuda]
+           [--workers auto] [--repeats 3] [--data heavy|params] [--device cpu|cuda]
 
 For each model and image size, on `--images` magnetic_tile images (a seeded sample) already in
 the decoded cache (as from the second epoch on):
@@ -150,7 +150,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--models", default="mobilenet_v2,resnet18")
     parser.add_argument("--sizes", default="128,224")
-    parser.add_argument("--workers", type=int, default=0, help="train.num_workers")
+    parser.add_argument(
+        "--workers",
+        type=lambda value: value if value == "auto" else int(value),
+        default="auto",
+        help="train.num_workers: auto (CPU 0, GPU a core each up to 8) or a number",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved loop/bare pairs")
     parser.add_argument(
         "--data",

@@ -202,7 +202,8 @@ class TrainParams(_Section):
     freeze_stages: list[str]  # named backbone modules to freeze, e.g. [conv1, layer1]
     # data: decode once into a uint8 cache; train-time augmentation (pipeline/transforms.py)
     decode_cache: Literal["memory", "disk"]  # disk: memory-mapped file under the cache folder
-    num_workers: int = Field(ge=0, le=64)  # DataLoader worker processes; 0 = in the main one
+    # DataLoader worker processes; 0 = in the main one; auto: training.loader_workers
+    num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"]
     vflip: bool
     rotate_degrees: float = Field(ge=0, le=180)
     crop_scale_min: float = Field(gt=0, le=1)  # RandomResizedCrop's smallest area share; 1 = off

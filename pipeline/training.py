@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -229,13 +230,15 @@ class Loop:
         self.drop_last = rest == 1 and full > 0
         self.steps = full + (rest > 0 and not self.drop_last)
         # one DataLoader for the whole run: its workers (if any) stay up between epochs
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+        workers = loader_workers(params.num_workers, job.device, _cores(), ranks_here)
         self.batches: DataLoader[Any] = DataLoader(
             data,
             sampler=self.draws,
             batch_size=params.batch_size,
             collate_fn=collate,
-            num_workers=params.num_workers,
-            persistent_workers=params.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             drop_last=self.drop_last,
             pin_memory=job.device.type == "cuda",
             generator=torch.Generator().manual_seed(params.seed),  # not the global RNG
@@ -284,6 +287,23 @@ class Loop:
         order = self.pool[torch.tensor(list(self.sampler))]
         self.draws.set_order(epoch, order, process.rank, process.world_size)
         return self.batches
+
+
+def loader_workers(setting: int | str, device: torch.device, cores: int, ranks_here: int) -> int:
+    """DataLoader worker processes for train.num_workers: a number as it is; auto = none on a
+    CPU (the step's threads already use every core: workers would only compete with them,
+    bench/train_speed.py), and on a GPU one per core of this rank's share of the machine
+    (`cores` / `ranks_here` training processes) less one for the main process, at most 8."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return max(0, min(8, cores // max(1, ranks_here) - 1))
+
+
+def _cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    return len(os.sched_getaffinity(0))
 
 
 def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:

@@ -30,6 +30,7 @@ from pipeline.training import (
     build_criterion,
     build_optimizer,
     build_scheduler,
+    loader_workers,
     monitored,
     sample_classes,
 )
@@ -280,3 +281,21 @@ def test_samples_carry_boxes_only_for_defect_aware_cutmix() -> None:
     assert all(b.shape == (0, 4) for b in none_boxes) and all(not len(b) for b in none_labels)
     assert sum(len(b) for b in cut_boxes) == 10 and sum(len(b) for b in cut_labels) == 10
     assert torch.equal(none_images, cut_images) and torch.equal(none_targets, cut_targets)
+
+
+def test_auto_loader_workers_none_on_cpu_and_a_core_each_on_a_gpu() -> None:
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert loader_workers("auto", CPU, 16, 1) == 0  # the step's threads use every core
+    assert loader_workers("auto", cuda, 16, 1) == 8  # at most 8
+    assert loader_workers("auto", cuda, 6, 1) == 5  # one core left to the main process
+    assert loader_workers("auto", cuda, 16, 4) == 3  # 4 ranks share the machine's cores
+    assert loader_workers("auto", cuda, 1, 1) == 0
+    assert loader_workers(3, CPU, 2, 1) == 3  # a number is taken as it is
+    section = params().model_dump()
+    for setting in ("auto", 0, 8):
+        assert (
+            TrainParams.model_validate({**section, "num_workers": setting}).num_workers == setting
+        )
+    for wrong in ("many", -1):
+        with pytest.raises(ValueError, match="num_workers"):
+            TrainParams.model_validate({**section, "num_workers": wrong})
