@@ -156,8 +156,8 @@ def mix_batch(
     - defect_cutmix: image i's rectangle covers at most max_cover of each of its own defect
       regions (see `_defect_regions`); when none fits after shrinking, image i is left as it
       is (lam = 1). Labels follow the defects that show, not the pixel shares: multilabel
-      t = max(t, labels the patch shows) (`_patch_row`); multiclass, by visible defect area
-      (`_visible_row`), so a defect that shows is never part "good".
+      t = max(t, labels the patch shows) (`_patch_rows`); multiclass, by visible defect area
+      (`_visible_rows`), so a defect that shows is never part "good".
     - unmixed (mode none, a batch not drawn, B = 1): copies, lam = 1.
     """
     _check_batch(images, targets, boxes, box_labels, task, good_index)
@@ -169,41 +169,26 @@ def mix_batch(
     lam = rng.beta(config.alpha, config.alpha, size=batch)  # (B,) float64
     if config.mode == "mixup":
         return _mixup(images, targets, perm, lam)
-    ratios = np.clip(1.0 - lam, config.min_ratio, config.max_ratio).tolist()  # patch area shares
+    ratios = np.clip(1.0 - lam, config.min_ratio, config.max_ratio)  # (B,) patch area shares
     if config.mode == "cutmix":
-        rects: list[np.ndarray | None] = [_draw_rects(rng, r, *size, 1)[0] for r in ratios]
+        rects = _draw_rects(rng, ratios, *size, 1)[:, 0]  # (B, 4)
         pasted, own = _paste(images, perm, rects)
         return MixedBatch(pasted, _blend(targets, targets[perm.to(targets.device)], own), own)
     rows = targets.detach().to("cpu", torch.float64)  # (B, K) one transfer, not B
-    regions = [
-        _defect_regions(*parts, good_index) for parts in zip(boxes, box_labels, rows, strict=True)
-    ]
-    rects = [
-        _fit_rect(rng, r, reg[0], size, config) for r, reg in zip(ratios, regions, strict=True)
-    ]
+    regions, region_labels, counts = _padded(
+        [_defect_regions(*parts, good_index) for parts in zip(boxes, box_labels, rows, strict=True)]
+    )
+    rects = _fit_rects(rng, ratios, regions, size, config)  # (B, 4), empty where none fits
     pasted, own = _paste(images, perm, rects)
+    partner = perm.numpy()
     if good_index is None:
-        patches = [
-            _patch_row(rects[i], regions[j], rows.shape[1], size, config.min_visible)
-            for i, j in enumerate(perm.tolist())
-        ]
-        patch = torch.as_tensor(np.stack(patches), dtype=targets.dtype, device=targets.device)
-        return MixedBatch(pasted, torch.maximum(targets, patch), own)
-    labelled = [
-        _visible_row(
-            rects[i],
-            regions[i][0],
-            regions[j][0],
-            rows[i],
-            rows[j],
-            size,
-            good_index,
-            config.min_visible,
-        )
-        for i, j in enumerate(perm.tolist())
-    ]
-    mixed = torch.as_tensor(np.stack(labelled), dtype=targets.dtype, device=targets.device)
-    return MixedBatch(pasted, mixed, own)
+        shown = _patch_rows(rects, regions[partner], region_labels[partner], rows.shape[1], size)
+        patch = torch.as_tensor(shown >= config.min_visible, dtype=targets.dtype)
+        return MixedBatch(pasted, torch.maximum(targets, patch.to(targets.device)), own)
+    mixed = _visible_rows(rects, regions, counts, rows.numpy(), partner, size, good_index, config)
+    return MixedBatch(
+        pasted, torch.as_tensor(mixed, dtype=targets.dtype, device=targets.device), own
+    )
 
 
 def _check_batch(
@@ -289,38 +274,38 @@ def _mixup(
 
 
 def _draw_rects(
-    rng: np.random.Generator, ratio: float, height: int, width: int, count: int
+    rng: np.random.Generator, ratios: np.ndarray, height: int, width: int, count: int
 ) -> np.ndarray:
-    """int64 (count, 4) rectangles (top, left, h, w) inside a height x width image.
+    """int64 (n, count, 4) rectangles (top, left, h, w) inside a height x width image, `count`
+    for each of the n area shares `ratios` (n,).
 
     Invariants: 1 <= h <= height, 0 <= w <= width, top + h <= height, left + w <= width, and
     |h * w - ratio * height * width| <= h / 2 (h >= area / width, so rounding area / h to a
     whole width never needs clipping). w == 0 is an empty rectangle (ratio near 0).
     """
-    area = ratio * height * width
-    aspect = np.exp(rng.uniform(-_LOG_ASPECT, _LOG_ASPECT, size=count))  # (count,) h / w
-    lowest = min(height, max(1, math.ceil(area / width)))
-    tall = np.clip(np.rint(np.sqrt(area * aspect)), lowest, height).astype(np.int64)  # (count,)
-    wide = np.clip(np.rint(area / tall), 0, width).astype(np.int64)  # (count,)
-    top = rng.integers(0, height - tall + 1)  # (count,)
-    left = rng.integers(0, width - wide + 1)  # (count,)
-    return np.stack([top, left, tall, wide], axis=1)  # (count, 4)
+    area = np.asarray(ratios, dtype=np.float64)[:, None] * height * width  # (n, 1)
+    aspect = np.exp(rng.uniform(-_LOG_ASPECT, _LOG_ASPECT, size=(len(area), count)))  # h / w
+    lowest = np.minimum(height, np.maximum(1, np.ceil(area / width)))  # (n, 1)
+    tall = np.clip(np.rint(np.sqrt(area * aspect)), lowest, height).astype(np.int64)  # (n, count)
+    wide = np.clip(np.rint(area / tall), 0, width).astype(np.int64)  # (n, count)
+    top = rng.integers(0, height - tall + 1)  # (n, count)
+    left = rng.integers(0, width - wide + 1)  # (n, count)
+    return np.stack([top, left, tall, wide], axis=-1)  # (n, count, 4)
 
 
 def _paste(
-    images: torch.Tensor, perm: torch.Tensor, rects: Sequence[np.ndarray | None]
+    images: torch.Tensor, perm: torch.Tensor, rects: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste partner pixels into each image's rectangle (None: none); returns (images, lam)
-    with lam[i] = 1 - rectangle pixels / (H * W) exactly."""
-    batch, _, height, width = images.shape
-    inside = torch.zeros((batch, 1, height, width), dtype=torch.bool)  # (B, 1, H, W)
-    lam = np.ones(batch, dtype=np.float64)  # (B,)
-    for row, rect in enumerate(rects):
-        if rect is None:
-            continue
-        top, left, tall, wide = (int(v) for v in rect)
-        inside[row, :, top : top + tall, left : left + wide] = True
-        lam[row] = 1.0 - (tall * wide) / (height * width)
+    """Paste partner pixels into each image's rectangle (int64 (B, 4) top, left, h, w; an
+    empty one pastes nothing); returns (images, lam) with lam[i] = 1 - rectangle pixels /
+    (H * W) exactly."""
+    _, _, height, width = images.shape
+    top, left, tall, wide = (torch.as_tensor(column)[:, None] for column in rects.T)  # (B, 1)
+    down, across = torch.arange(height)[None, :], torch.arange(width)[None, :]  # (1, H), (1, W)
+    in_rows = (down >= top) & (down < top + tall)  # (B, H)
+    in_columns = (across >= left) & (across < left + wide)  # (B, W)
+    inside = in_rows[:, None, :, None] & in_columns[:, None, None, :]  # (B, 1, H, W)
+    lam = 1.0 - (rects[:, 2] * rects[:, 3]) / (height * width)  # (B,) float64
     partner = images[perm.to(images.device)]  # (B, C, H, W)
     pasted = torch.where(inside.to(images.device), partner, images)
     return pasted, torch.as_tensor(lam, dtype=images.dtype, device=images.device)
@@ -349,115 +334,143 @@ def _defect_regions(
     return regions, np.concatenate([labels.cpu().numpy(), unboxed]).astype(np.int64)
 
 
+def _padded(
+    regions: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image's (m_i, 4) regions and (m_i,) labels, padded to M = max m_i: float64
+    (B, M, 4) regions, int64 (B, M) labels, and int64 (B,) counts m_i. A padding region has
+    no area (all zeros): it is never covered, shown or counted."""
+    counts = np.array([len(coords) for coords, _ in regions], dtype=np.int64)  # (B,)
+    most = int(counts.max(initial=0))
+    coords = np.zeros((len(regions), most, 4))  # (B, M, 4)
+    labels = np.zeros((len(regions), most), dtype=np.int64)  # (B, M)
+    for row, (found, found_labels) in enumerate(regions):
+        coords[row, : len(found)] = found
+        labels[row, : len(found)] = found_labels
+    return coords, labels, counts
+
+
 def _clipped(
     regions: np.ndarray, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """x0, y0, x1, y1 (m,) of XYXY regions clipped to the image."""
+    """x0, y0, x1, y1 (...) of XYXY regions (..., 4) clipped to the image."""
     return (
-        np.clip(regions[:, 0], 0, width),
-        np.clip(regions[:, 1], 0, height),
-        np.clip(regions[:, 2], 0, width),
-        np.clip(regions[:, 3], 0, height),
+        np.clip(regions[..., 0], 0, width),
+        np.clip(regions[..., 1], 0, height),
+        np.clip(regions[..., 2], 0, width),
+        np.clip(regions[..., 3], 0, height),
     )
 
 
 def _areas(regions: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float64 (m,) pixel areas of XYXY regions clipped to the image (0: out of view)."""
+    """float64 (...) pixel areas of XYXY regions (..., 4) clipped to the image (0: out of
+    view)."""
     return _clipped_areas(*_clipped(regions, height, width))
 
 
 def _clipped_areas(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
-    """float64 (m,) areas of regions already clipped to the image (0: out of view)."""
+    """float64 areas of regions already clipped to the image (0: out of view)."""
     return np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
 
 
 def _shares(rects: np.ndarray, regions: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float64 (R, m): share of each region's area (clipped to the image) inside each rect.
+    """float64 (..., R, m): share of each region's area (clipped to the image) inside each
+    rect, for rects (..., R, 4) (top, left, h, w) and XYXY regions (..., m, 4).
 
-    A region with no area inside the image (a box pushed out of view) gets share 0: it can be
-    neither covered nor shown.
+    A region with no area inside the image (a box pushed out of view, padding) gets share 0:
+    it can be neither covered nor shown.
     """
-    x0, y0, x1, y1 = _clipped(regions, height, width)  # (m,) each
-    area = _clipped_areas(x0, y0, x1, y1)  # (m,)
-    top, left = rects[:, 0:1], rects[:, 1:2]  # (R, 1)
-    bottom, right = top + rects[:, 2:3], left + rects[:, 3:4]
-    across = np.clip(np.minimum(right, x1) - np.maximum(left, x0), 0, None)  # (R, m)
-    down = np.clip(np.minimum(bottom, y1) - np.maximum(top, y0), 0, None)  # (R, m)
-    overlap = across * down  # (R, m)
+    x0, y0, x1, y1 = (edge[..., None, :] for edge in _clipped(regions, height, width))
+    area = _clipped_areas(x0, y0, x1, y1)  # (..., 1, m)
+    top, left = rects[..., 0:1], rects[..., 1:2]  # (..., R, 1)
+    bottom, right = top + rects[..., 2:3], left + rects[..., 3:4]
+    across = np.clip(np.minimum(right, x1) - np.maximum(left, x0), 0, None)  # (..., R, m)
+    down = np.clip(np.minimum(bottom, y1) - np.maximum(top, y0), 0, None)  # (..., R, m)
+    overlap = across * down  # (..., R, m)
     return np.divide(overlap, area, out=np.zeros_like(overlap), where=area > 0)
 
 
-def _fit_rect(
+def _fit_rects(
     rng: np.random.Generator,
-    ratio: float,
+    ratios: np.ndarray,
     protected: np.ndarray,
     size: tuple[int, int],
     config: MixConfig,
-) -> np.ndarray | None:
-    """A rectangle (top, left, h, w) covering at most config.max_cover of every protected
-    region, or None. Tries _DRAWS rectangles of area share `ratio`, then halves the share (never
-    below config.min_ratio) up to _SHRINKS times."""
+) -> np.ndarray:
+    """int64 (B, 4): per image a rectangle (top, left, h, w) covering at most
+    config.max_cover of every one of its protected regions (B, M, 4), or an empty one (all
+    zeros) where none fits. Every image still looking tries _DRAWS rectangles of its area share
+    `ratios[i]`, then of half that (never below config.min_ratio), up to _SHRINKS times; the
+    first that fits is taken."""
     height, width = size
+    rects = np.zeros((len(ratios), 4), dtype=np.int64)  # (B, 4)
+    looking = np.arange(len(ratios))  # images without a rectangle yet
     for step in range(_SHRINKS + 1):
-        share = max(ratio * 0.5**step, config.min_ratio)
-        rects = _draw_rects(rng, share, height, width, _DRAWS)  # (D, 4)
-        fits = (_shares(rects, protected, height, width) <= config.max_cover).all(axis=1)
-        if fits.any():
-            return rects[int(np.argmax(fits))]
-        if share == config.min_ratio:
+        share = np.maximum(ratios[looking] * 0.5**step, config.min_ratio)  # (n,)
+        drawn = _draw_rects(rng, share, height, width, _DRAWS)  # (n, D, 4)
+        covered = _shares(drawn, protected[looking], height, width)  # (n, D, M)
+        fits = np.less_equal(covered, config.max_cover).all(axis=2)  # (n, D)
+        found = fits.any(axis=1)  # (n,)
+        rects[looking[found]] = drawn[found, np.argmax(fits[found], axis=1)]
+        looking = looking[~found & (share > config.min_ratio)]
+        if not len(looking):
             break
-    return None
+    return rects
 
 
-def _patch_row(
-    rect: np.ndarray | None,
-    partner: tuple[np.ndarray, np.ndarray],
+def _patch_rows(
+    rects: np.ndarray,
+    regions: np.ndarray,
+    labels: np.ndarray,
     n_outputs: int,
     size: tuple[int, int],
-    min_visible: float,
 ) -> np.ndarray:
-    """float64 (K,) multilabel label of the pasted patch: a 1 per partner defect with a region
-    showing at least min_visible of its area inside the patch."""
-    labels = np.zeros(n_outputs, dtype=np.float64)  # (K,)
-    regions, region_labels = partner
-    if rect is not None and len(regions):
-        labels[region_labels[_shares(rect[None, :], regions, *size)[0] >= min_visible]] = 1.0
-    return labels
+    """float64 (B, K): per image, for each output the largest share of a partner region with
+    that label inside the image's rectangle (B, 4); regions (B, M, 4) and labels (B, M) are
+    each image's partner's. A label counts when its share reaches min_visible."""
+    inside = _shares(rects[:, None], regions, *size)[:, 0]  # (B, M)
+    shown = np.zeros((len(rects), n_outputs))  # (B, K)
+    np.maximum.at(shown, (np.arange(len(rects))[:, None], labels), inside)
+    return shown
 
 
-def _visible_row(
-    rect: np.ndarray | None,
-    own: np.ndarray,
+def _visible_rows(
+    rects: np.ndarray,
+    regions: np.ndarray,
+    counts: np.ndarray,
+    rows: np.ndarray,
     partner: np.ndarray,
-    own_row: torch.Tensor,
-    partner_row: torch.Tensor,
     size: tuple[int, int],
     good_index: int,
-    min_visible: float,
+    config: MixConfig,
 ) -> np.ndarray:
-    """float64 (K,) multiclass target of a mixed image, weighted by the defect area that shows.
+    """float64 (B, K) multiclass targets of a mixed batch, weighted by the defect area that shows.
 
     A region counts when at least min_visible of it shows: the base image's own regions outside
-    the patch (a defect whose boxes are all out of view counts as the whole image, as it did
-    before mixing), the partner's regions inside it. Each class gets its counted area over the
-    total; with nothing counted the image is good. So a defect pasted into a good image makes it
-    wholly that defect, and a base defect left in view keeps its label unless a pasted defect
-    shares the image with it. rect None (nothing pasted): own_row as it is.
+    its rectangle (a defect whose boxes are all out of view counts as the whole image, as it did
+    before mixing), the partner's regions inside it. Each image's class (argmax of its row)
+    gets its counted area, the partner's class the partner's; over the total; with nothing
+    counted the image is good. So a defect pasted into a good image makes it wholly that
+    defect, and a base defect left in view keeps its label unless a pasted defect shares the
+    image with it. An empty rectangle (nothing pasted): the row as it is.
     """
-    if rect is None:  # not mixed
-        return own_row.numpy().copy()
     height, width = size
-    weights = np.zeros(own_row.shape[0], dtype=np.float64)  # (K,)
-    for regions, row, inside in ((own, own_row, False), (partner, partner_row, True)):
-        cls = int(torch.argmax(row))
-        if cls == good_index or not len(regions):
-            continue
-        areas = _areas(regions, height, width)  # (m,)
-        if not inside and not (areas > 0).any():
-            regions, areas = _WHOLE, np.array([float(height * width)])
-        share = _shares(rect[None, :], regions, height, width)[0]  # (m,) inside the patch
-        shown = share if inside else 1.0 - share
-        weights[cls] += float((areas * shown)[(areas > 0) & (shown >= min_visible)].sum())
-    if weights.sum() == 0:
-        weights[good_index] = 1.0
-    return weights / weights.sum()
+    batch = np.arange(len(rects))
+    areas = _areas(regions, height, width)  # (B, M), padding 0
+    inside = _shares(rects[:, None], regions, height, width)[:, 0]  # own regions (B, M)
+    inside_partner = _shares(rects[:, None], regions[partner], height, width)[:, 0]
+    own = np.where(1.0 - inside >= config.min_visible, areas * (1.0 - inside), 0.0).sum(axis=1)
+    # a defect with regions, all out of view: the whole image, less the rectangle
+    unseen = (counts > 0) & ~(areas > 0).any(axis=1)  # (B,)
+    rest = 1.0 - rects[:, 2] * rects[:, 3] / (height * width)  # (B,) share outside
+    own = np.where(unseen & (rest >= config.min_visible), rest * height * width, own)
+    shown = (inside_partner >= config.min_visible) & (areas[partner] > 0)
+    pasted = np.where(shown, areas[partner] * inside_partner, 0.0).sum(axis=1)  # (B,)
+    classes = rows.argmax(axis=1)  # (B,)
+    weights = np.zeros_like(rows)  # (B, K)
+    weights[batch, classes] += np.where(classes == good_index, 0.0, own)
+    weights[batch, classes[partner]] += np.where(classes[partner] == good_index, 0.0, pasted)
+    weights[weights.sum(axis=1) == 0, good_index] = 1.0
+    mixed = weights / weights.sum(axis=1, keepdims=True)
+    empty = rects[:, 2] * rects[:, 3] == 0
+    return np.where(empty[:, None], rows, mixed)
