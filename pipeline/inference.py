@@ -18,9 +18,11 @@ def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float (B, 3, H, W) normalised with the ImageNet statistics.
 
     The result is channels_last, the layout `place_model` gives the model (faster on CPU and GPU).
+    Copies to a GPU are queued (non_blocking), never waited for: a blocking copy would make the
+    host wait until the GPU has finished all its queued work, at every batch.
     """
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1).to(device, non_blocking=True)
+    std = torch.tensor(STD).view(1, 3, 1, 1).to(device, non_blocking=True)
     scaled = (images.to(device, non_blocking=True).float() / 255.0 - mean) / std
     return scaled.contiguous(memory_format=torch.channels_last)
 

@@ -4,6 +4,11 @@ Every draw comes from the caller's torch.Generator (NumPy's Beta and rectangle d
 NumPy generator seeded from it), never from a global RNG, and the caller's tensors are never
 written to: `mix_batch` always returns new tensors.
 
+Images may live on a GPU; the targets are best kept on the host (the training loop does):
+placement and labels are worked out there, and with the targets on the host nothing is read
+back from the GPU, so the host never waits for it. The output targets are on the targets'
+device, the images on the images'; lam is on the host.
+
 Conventions, shared by all modes:
 - one draw per batch decides whether it is mixed (share `prob`); image i's partner is
   perm[i], where perm is a random cyclic permutation of the batch, so no image is its own
@@ -104,7 +109,7 @@ class MixedBatch:
 
     images: torch.Tensor  # float (B, C, H, W)
     targets: torch.Tensor  # float (B, K) soft targets
-    lam: torch.Tensor  # float (B,) share of each output image that is its own (base) image
+    lam: torch.Tensor  # float (B,) on the host: share of each output image that is its own
 
 
 def soft_targets(targets: torch.Tensor, task: str, n_outputs: int) -> torch.Tensor:
@@ -173,8 +178,8 @@ def mix_batch(
     if config.mode == "cutmix":
         rects = _draw_rects(rng, ratios, *size, 1)[:, 0]  # (B, 4)
         pasted, own = _paste(images, perm, rects)
-        return MixedBatch(pasted, _blend(targets, targets[perm.to(targets.device)], own), own)
-    rows = targets.detach().to("cpu", torch.float64)  # (B, K) one transfer, not B
+        return MixedBatch(pasted, _blend(targets, targets[_to(perm, targets)], own), own)
+    rows = targets.detach().to("cpu", torch.float64)  # (B, K) on the host
     regions, region_labels, counts = _padded(
         [_defect_regions(*parts, good_index) for parts in zip(boxes, box_labels, rows, strict=True)]
     )
@@ -184,11 +189,9 @@ def mix_batch(
     if good_index is None:
         shown = _patch_rows(rects, regions[partner], region_labels[partner], rows.shape[1], size)
         patch = torch.as_tensor(shown >= config.min_visible, dtype=targets.dtype)
-        return MixedBatch(pasted, torch.maximum(targets, patch.to(targets.device)), own)
+        return MixedBatch(pasted, torch.maximum(targets, _to(patch, targets)), own)
     mixed = _visible_rows(rects, regions, counts, rows.numpy(), partner, size, good_index, config)
-    return MixedBatch(
-        pasted, torch.as_tensor(mixed, dtype=targets.dtype, device=targets.device), own
-    )
+    return MixedBatch(pasted, _to(torch.as_tensor(mixed, dtype=targets.dtype), targets), own)
 
 
 def _check_batch(
@@ -252,13 +255,20 @@ def _partners(batch: int, generator: torch.Generator) -> torch.Tensor:
 
 def _unmixed(images: torch.Tensor, targets: torch.Tensor) -> MixedBatch:
     """Copies of the batch with lam = 1."""
-    lam = torch.ones(images.shape[0], dtype=images.dtype, device=images.device)  # (B,)
+    lam = torch.ones(images.shape[0], dtype=images.dtype)  # (B,)
     return MixedBatch(images.clone(), targets.clone(), lam)
+
+
+def _to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`values` on `like`'s device (floating point: in its dtype), the copy to a GPU queued,
+    not waited for (a blocking copy waits until the GPU has finished all its queued work)."""
+    dtype = like.dtype if values.is_floating_point() else values.dtype
+    return values.to(like.device, dtype, non_blocking=True)
 
 
 def _blend(own: torch.Tensor, other: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """lam own + (1 - lam) other, per row; own, other (B, ...), lam (B,)."""
-    weight = lam.to(own.device, own.dtype).view(-1, *([1] * (own.ndim - 1)))  # (B, 1, ...)
+    weight = _to(lam, own).view(-1, *([1] * (own.ndim - 1)))  # (B, 1, ...)
     return weight * own + (1 - weight) * other
 
 
@@ -266,9 +276,9 @@ def _mixup(
     images: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lam: np.ndarray
 ) -> MixedBatch:
     """MixUp with per-sample lam (B,): pixels and targets both weighted by lam."""
-    weight = torch.as_tensor(lam, dtype=images.dtype, device=images.device)  # (B,)
-    partner_images = images[perm.to(images.device)]  # (B, C, H, W)
-    partner_targets = targets[perm.to(targets.device)]  # (B, K)
+    weight = torch.as_tensor(lam, dtype=images.dtype)  # (B,)
+    partner_images = images[_to(perm, images)]  # (B, C, H, W)
+    partner_targets = targets[_to(perm, targets)]  # (B, K)
     mixed_images = _blend(images, partner_images, weight)
     return MixedBatch(mixed_images, _blend(targets, partner_targets, weight), weight)
 
@@ -306,9 +316,9 @@ def _paste(
     in_columns = (across >= left) & (across < left + wide)  # (B, W)
     inside = in_rows[:, None, :, None] & in_columns[:, None, None, :]  # (B, 1, H, W)
     lam = 1.0 - (rects[:, 2] * rects[:, 3]) / (height * width)  # (B,) float64
-    partner = images[perm.to(images.device)]  # (B, C, H, W)
-    pasted = torch.where(inside.to(images.device), partner, images)
-    return pasted, torch.as_tensor(lam, dtype=images.dtype, device=images.device)
+    partner = images[_to(perm, images)]  # (B, C, H, W)
+    pasted = torch.where(_to(inside, images), partner, images)
+    return pasted, torch.as_tensor(lam, dtype=images.dtype)
 
 
 def _defect_regions(

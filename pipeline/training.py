@@ -330,9 +330,11 @@ def _inputs(
     x = normalise(images, device)  # (B, 3, S, S) float, channels_last
     if loop.mix.mode == "none":
         return x, targets.to(device, non_blocking=True)
-    soft = soft_targets(targets, info.task, len(output_names(info))).to(device)
+    # targets stay on the host for mixing: reading them back from a GPU would stall the host
+    soft = soft_targets(targets, info.task, len(output_names(info)))
     mixed = mix_batch(x, soft, boxes, labels, info.task, loop.good, loop.mix, generator)
-    return mixed.images.contiguous(memory_format=torch.channels_last), mixed.targets
+    images = mixed.images.contiguous(memory_format=torch.channels_last)
+    return images, mixed.targets.to(device, non_blocking=True)
 
 
 def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
