@@ -190,7 +190,9 @@ def mix_batch(
         shown = _patch_rows(rects, regions[partner], region_labels[partner], rows.shape[1], size)
         patch = torch.as_tensor(shown >= config.min_visible, dtype=targets.dtype)
         return MixedBatch(pasted, torch.maximum(targets, _to(patch, targets)), own)
-    mixed = _visible_rows(rects, regions, counts, rows.numpy(), partner, size, good_index, config)
+    mixed = _visible_rows(
+        rects, regions, counts, rows.numpy(), partner, size, good_index, config.min_visible
+    )
     return MixedBatch(pasted, _to(torch.as_tensor(mixed, dtype=targets.dtype), targets), own)
 
 
@@ -452,7 +454,7 @@ def _visible_rows(
     partner: np.ndarray,
     size: tuple[int, int],
     good_index: int,
-    config: MixConfig,
+    min_visible: float,
 ) -> np.ndarray:
     """float64 (B, K) multiclass targets of a mixed batch, weighted by the defect area that shows.
 
@@ -469,12 +471,12 @@ def _visible_rows(
     areas = _areas(regions, height, width)  # (B, M), padding 0
     inside = _shares(rects[:, None], regions, height, width)[:, 0]  # own regions (B, M)
     inside_partner = _shares(rects[:, None], regions[partner], height, width)[:, 0]
-    own = np.where(1.0 - inside >= config.min_visible, areas * (1.0 - inside), 0.0).sum(axis=1)
+    own = np.where(1.0 - inside >= min_visible, areas * (1.0 - inside), 0.0).sum(axis=1)
     # a defect with regions, all out of view: the whole image, less the rectangle
     unseen = (counts > 0) & ~(areas > 0).any(axis=1)  # (B,)
     rest = 1.0 - rects[:, 2] * rects[:, 3] / (height * width)  # (B,) share outside
-    own = np.where(unseen & (rest >= config.min_visible), rest * height * width, own)
-    shown = (inside_partner >= config.min_visible) & (areas[partner] > 0)
+    own = np.where(unseen & (rest >= min_visible), rest * height * width, own)
+    shown = (inside_partner >= min_visible) & (areas[partner] > 0)
     pasted = np.where(shown, areas[partner] * inside_partner, 0.0).sum(axis=1)  # (B,)
     classes = rows.argmax(axis=1)  # (B,)
     weights = np.zeros_like(rows)  # (B, K)
