@@ -99,8 +99,12 @@ def run_flow(project: Path) -> dict[str, str]:
     return states
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_api() -> Iterator[None]:
+    """A Prefect API for this module's tests, stopped after them: its client's event and log
+    workers would otherwise live on through the rest of the session, and websockets' keepalive
+    pings (random.getrandbits) then change the global `random` state in the middle of other
+    modules' hypothesis draws (HypothesisDeprecationWarning in test_mixing, test_operating)."""
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
