@@ -48,6 +48,12 @@ def start(device: torch.device) -> Process:
     return Process(dist.get_rank(), dist.get_world_size())
 
 
+def ranks_on_this_machine() -> int:
+    """Training processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 without it):
+    they share its cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def stop(process: Process) -> None:
     """Leave the process group once every rank is done."""
     if process.world_size > 1:

@@ -230,8 +230,10 @@ class Loop:
         self.drop_last = rest == 1 and full > 0
         self.steps = full + (rest > 0 and not self.drop_last)
         # one DataLoader for the whole run: its workers (if any) stay up between epochs
-        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
-        workers = loader_workers(params.num_workers, job.device, _cores(), ranks_here)
+        cores = len(os.sched_getaffinity(0))  # a container's or taskset's limit, not the machine's
+        workers = loader_workers(
+            params.num_workers, job.device, cores, distributed.ranks_on_this_machine()
+        )
         self.batches: DataLoader[Any] = DataLoader(
             data,
             sampler=self.draws,
@@ -299,11 +301,6 @@ def loader_workers(setting: int | str, device: torch.device, cores: int, ranks_h
     if device.type != "cuda":
         return 0
     return max(0, min(8, cores // max(1, ranks_here) - 1))
-
-
-def _cores() -> int:
-    """Cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    return len(os.sched_getaffinity(0))
 
 
 def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
