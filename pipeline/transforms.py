@@ -20,6 +20,7 @@ global RNG state is the same before and after, and one seed always gives one res
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
@@ -80,7 +81,16 @@ def augment(
     # PIL copies the pixels in and pil_to_tensor copies them out, so nothing is shared with
     # the input even when a transform does nothing (a flip not drawn returns its input). In:
     # three (S, S) planes merged, a third of the cost of F.to_pil_image's permuted copy.
-    pixels = Image.merge("RGB", [Image.fromarray(plane) for plane in image.numpy()])
+    planes = image.numpy()  # (3, S, S)
+    # A grey picture (three equal planes: how the decode cache holds a grey file) goes through
+    # as one plane: every step treats the planes alike and saturation has nothing to change,
+    # so the pixels are the same as in RGB, for about half the time.
+    is_grey = np.array_equal(planes[0], planes[1]) and np.array_equal(planes[0], planes[2])
+    pixels = (
+        Image.fromarray(planes[0])
+        if is_grey
+        else Image.merge("RGB", [Image.fromarray(plane) for plane in planes])
+    )
     # only the CPU generator: torch.manual_seed would also reseed (and so change) CUDA's
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
@@ -88,10 +98,17 @@ def augment(
             # Alone: v2 draws each transform's parameters once per call whatever it is given,
             # so the pixels are those it would give with boxes, without the box kernels'
             # dispatch (about a third of the time at 128 px). Most good parts have no boxes.
-            return F.pil_to_tensor(transform(pixels)), boxes.to(torch.float32, copy=True)
+            return _planes(transform(pixels)), boxes.to(torch.float32, copy=True)
         frame = tv_tensors.BoundingBoxes(
             boxes.to(torch.float32, copy=True), format="XYXY", canvas_size=(height, width)
         )
         out_image, out_boxes = transform(pixels, frame)
-    # (3, S', S') view of (S', S', 3) pixels: batching stacks it into a contiguous batch
-    return F.pil_to_tensor(out_image), out_boxes.as_subclass(torch.Tensor)
+    return _planes(out_image), out_boxes.as_subclass(torch.Tensor)
+
+
+def _planes(image: Image.Image) -> torch.Tensor:
+    """uint8 (3, S, S) of an RGB or grey PIL image (the grey plane three times); an RGB image's
+    is a view of its (S, S, 3) pixels: batching stacks it into a contiguous batch."""
+    if image.mode == "L":
+        return torch.from_numpy(np.repeat(np.asarray(image)[None], 3, axis=0))  # (3, S, S)
+    return F.pil_to_tensor(image)

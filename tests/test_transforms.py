@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from pipeline.params import TrainParams, load_section
 from pipeline.transforms import augment, build_augment
@@ -182,6 +185,27 @@ def test_images_without_boxes() -> None:
         alone, _ = augment(transform, noise_image(6), torch.zeros((0, 4)), seed)
         boxed, _ = augment(transform, noise_image(6), with_box, seed)
         assert torch.equal(alone, boxed)
+
+
+def test_grey_images_get_the_pixels_and_boxes_of_their_rgb_augmentation() -> None:
+    # a grey picture (three equal planes) takes a one-plane path: the result must be what the
+    # same transform makes of the RGB picture, seed for seed, with and without boxes
+    transform = build_augment(train_params(**ALL_ON))
+    assert transform is not None
+    grey = noise_image(8)[:1].repeat(3, 1, 1)  # (3, S, S), planes equal
+    rgb = Image.fromarray(grey.permute(1, 2, 0).numpy(), "RGB")
+    box = torch.tensor([[4.0, 4.0, 20.0, 16.0]])
+    for seed in range(10):
+        for boxes in (box, torch.zeros((0, 4))):
+            image, moved = augment(transform, grey, boxes, seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                canvas = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(SIZE, SIZE))
+                expected, expected_boxes = transform(rgb, canvas)
+            assert torch.equal(image, F.pil_to_tensor(expected))
+            assert torch.equal(moved, expected_boxes.as_subclass(torch.Tensor))
+    image.fill_(0)  # a new tensor of its own, as for RGB images
+    assert int(grey.max()) > 0
 
 
 def test_rejects_a_float_image() -> None:
