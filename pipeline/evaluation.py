@@ -18,7 +18,7 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 from torch import nn
 
 from pipeline.datasets import decode_stack, output_names, targets
-from pipeline.inference import predict_logits, to_scores
+from pipeline.inference import predict_scores
 from pipeline.manifest import TaskInfo
 from pipeline.metrics import multiclass_metrics, multilabel_metrics, score_statistics
 from pipeline.operating import (
@@ -29,7 +29,7 @@ from pipeline.operating import (
     good_threshold,
     multilabel_thresholds,
 )
-from pipeline.params import EvaluateParams
+from pipeline.params import EvaluateParams, Tta
 
 log = logging.getLogger(__name__)
 CURVE_POINTS = 200  # PR/ROC points kept per class, so plot files stay small on large sets
@@ -66,12 +66,16 @@ def score_side(
     root: Path,
     rows: list[dict[str, Any]],
     info: TaskInfo,
-    setting: tuple[int, int, torch.device],
+    setting: tuple[int, int, torch.device, Tta],
 ) -> Scored:
-    """Decode `rows` at the model's image size and score them; setting = (size, batch, device)."""
-    size, batch_size, device = setting
-    logits = predict_logits(model, decode_stack(root, rows, size), batch_size, device)
-    scores = to_scores(logits, info.task) if len(rows) else np.zeros((0, len(output_names(info))))
+    """Decode `rows` at the model's image size and score them; setting = (size, batch, device,
+    test-time augmentation)."""
+    size, batch_size, device, tta = setting
+    if rows:
+        images = decode_stack(root, rows, size)
+        scores = predict_scores(model, images, (batch_size, device), info.task, tta)
+    else:
+        scores = np.zeros((0, len(output_names(info))))
     truth = targets(rows, info).numpy()
     name = rows[0]["split"] if rows else ""
     return Scored(name, rows, scores, truth if info.task == "multiclass" else truth > 0.5, info)
@@ -89,6 +93,7 @@ def choose_thresholds(val: Scored, params: EvaluateParams) -> Thresholds:
         "outputs": names,
         "good_threshold": None,
         "per_class": {},
+        "tta": params.tta,
         "val": {"images": len(val.rows)},
     }
     if info.task == "multilabel":

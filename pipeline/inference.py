@@ -12,6 +12,7 @@ from pipeline.datasets import output_names
 from pipeline.manifest import TaskInfo
 from pipeline.metrics import multiclass_metrics, multilabel_metrics
 from pipeline.models import MEAN, STD
+from pipeline.params import Tta
 
 
 def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -27,17 +28,49 @@ def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return scaled.contiguous(memory_format=torch.channels_last)
 
 
+# The views test-time augmentation averages, as the image dims each one flips ((B, C, H, W):
+# 3 = left-right, 2 = up-down); () is the image as it is.
+TTA_VIEWS: dict[Tta, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "hflip": ((), (3,)),
+    "vflip": ((), (2,)),
+    "flips": ((), (3,), (2,), (2, 3)),
+}
+
+
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    flip: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """Logits (N, outputs) on the CPU, computed in eval mode batch by batch."""
+    """Logits (N, outputs) on the CPU, computed in eval mode batch by batch; `flip` names the
+    image dims to flip first ((B, C, H, W): 3 left-right, 2 up-down)."""
     model.eval()
-    chunks = [
-        model(normalise(images[start : start + batch_size], device)).float().cpu()
-        for start in range(0, len(images), batch_size)
-    ]
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = normalise(images[start : start + batch_size], device)
+        # flip keeps channels_last; () would still copy, so the plain view skips it
+        chunks.append(model(batch.flip(flip) if flip else batch).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty((0, 0))
+
+
+def predict_scores(
+    model: nn.Module, images: torch.Tensor, setting: tuple[int, torch.device], task: str, tta: Tta
+) -> np.ndarray:
+    """Scores (N, outputs) of uint8 images (N, 3, S, S), setting = (batch size, device): the
+    mean of `to_scores` over the flipped views `tta` names (one view, the image, for "none").
+
+    Averaging probabilities, not logits, keeps each view's vote bounded, as ensembles do.
+    """
+    batch_size, device = setting
+    views = [
+        to_scores(predict_logits(model, images, batch_size, device, flip), task)
+        for flip in TTA_VIEWS[tta]
+    ]
+    return np.mean(views, axis=0) if len(views) > 1 else views[0]
 
 
 def to_scores(logits: torch.Tensor, task: str) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from pipeline.errors import ApexLoopError
+from pipeline.params import Tta
 from pipeline.paths import write_text_atomic
 
 THRESHOLDS_VERSION = 1
@@ -263,8 +264,9 @@ class Thresholds(BaseModel):
     (good_threshold None) or "max_miss_rate" (good_threshold a float), per_class empty.
     multilabel: outputs == the defect classes in class order, rule "f1" or "recall",
     good_threshold None, per_class has exactly one finite threshold per output, and no defect
-    name contains "+" (decisions join defects with "+"). `val` holds the validation figures
-    the point was chosen with (JSON values only).
+    name contains "+" (decisions join defects with "+"). The thresholds hold for scores
+    averaged over the `tta` views only, so predict scores that way too. `val` holds the
+    validation figures the point was chosen with (JSON values only).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -277,6 +279,7 @@ class Thresholds(BaseModel):
     rule: Rule
     good_threshold: float | None
     per_class: dict[str, float]
+    tta: Tta  # the test-time flips the scores were averaged over when the point was chosen
     val: dict[str, JsonValue]
 
     @model_validator(mode="after")

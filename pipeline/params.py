@@ -25,6 +25,7 @@ from pydantic import (
 from pipeline.errors import ApexLoopError
 
 Task = Literal["multiclass", "multilabel"]
+Tta = Literal["none", "hflip", "vflip", "flips"]  # test-time flips whose scores are averaged
 
 
 class ParamsError(ApexLoopError):
@@ -271,6 +272,7 @@ class EvaluateParams(_Section):
     bootstrap_resamples: int = Field(ge=0, le=100_000)
     min_class_accuracy: float = Field(ge=0, le=1)
     seed: int
+    tta: Tta
 
 
 class Params(_Section):

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.checkpoints import load_model
 from pipeline.errors import ApexLoopError
-from pipeline.inference import predict_logits, to_scores
+from pipeline.inference import predict_scores
 from pipeline.io import ImageReadError, load_rgb
 from pipeline.models import pick_device, place_model
 from pipeline.operating import Thresholds
@@ -85,7 +85,7 @@ def predict(
     device = pick_device("auto")
     place_model(model, device)
     images, errors = _decode(paths, size)
-    scores = to_scores(predict_logits(model, images, batch_size, device), info.task)
+    scores = predict_scores(model, images, (batch_size, device), info.task, thresholds.tta)
     decisions = thresholds.decide(scores)
     table: dict[str, Any] = {"path": [str(p) for p in paths]}
     for column, name in enumerate(thresholds.outputs):

@@ -97,7 +97,7 @@ def run(
             root,
             [r for r in rows if r["split"] == name],
             info,
-            (size, params.batch_size, device),
+            (size, params.batch_size, device, params.tta),
         )
         for name in SIDES
     }

@@ -128,7 +128,8 @@ def run_pipeline(work: Path, multilabel: bool) -> Path:
     train = {"epochs": 1, "image_size": 32, "batch_size": 16}
     # 60 images: rare classes have 1-2 parts, too few for three sides
     split = {"min_groups_policy": "train_only"}
-    write_params(work / "params.yaml", ingest=ingest, split=split, train=train)
+    evaluate = {"tta": "flips"}  # so predict must average the same four views to agree
+    write_params(work / "params.yaml", ingest=ingest, split=split, train=train, evaluate=evaluate)
     run_dvc_stages(work)
     return work
 

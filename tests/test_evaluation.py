@@ -29,6 +29,7 @@ def _params(**changes: object) -> EvaluateParams:
         "bootstrap_resamples": 200,
         "min_class_accuracy": 0.6,
         "seed": 0,
+        "tta": "none",
     }
     return EvaluateParams.model_validate(settings | changes)
 

@@ -379,6 +379,7 @@ def _multiclass_record(**changes: Any) -> dict[str, Any]:
         "rule": "max_miss_rate",
         "good_threshold": 0.4,
         "per_class": {},
+        "tta": "none",
         "val": {"max_miss_rate": 0.05, "miss_rate": 0.04, "overkill_rate": 0.1, "images": 120},
     }
     return record | changes
@@ -394,6 +395,7 @@ def _multilabel_record(**changes: Any) -> dict[str, Any]:
         "rule": "f1",
         "good_threshold": None,
         "per_class": {"scratch": 0.5, "hole": 0.7},
+        "tta": "none",
         "val": {"fallback": []},
     }
     return record | changes

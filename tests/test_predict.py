@@ -37,7 +37,9 @@ def test_predict_reproduces_evaluate_on_the_test_images(outputs: Path, tmp_path:
     assert [Path(p).name for p in table["path"]] == [
         f"{i:03d}{Path(test[i]['path']).suffix}" for i in order
     ]
-    names = Thresholds.load(outputs / "models/thresholds.json").outputs
+    thresholds = Thresholds.load(outputs / "models/thresholds.json")
+    assert thresholds.tta == "flips"  # the fixture's evaluate setting, recorded for predict
+    names = thresholds.outputs
     scores = table[[f"score_{name}" for name in names]].to_numpy(dtype=float)
     expected = np.array([test[i]["scores"] for i in order])
     np.testing.assert_allclose(scores, expected, atol=1e-5)
