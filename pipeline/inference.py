@@ -39,22 +39,35 @@ TTA_VIEWS: dict[Tta, tuple[tuple[int, ...], ...]] = {
 
 
 @torch.no_grad()
-def predict_logits(
+def view_logits(
     model: nn.Module,
     images: torch.Tensor,
     batch_size: int,
     device: torch.device,
-    flip: tuple[int, ...] = (),
+    views: tuple[tuple[int, ...], ...],
 ) -> torch.Tensor:
-    """Logits (N, outputs) on the CPU, computed in eval mode batch by batch; `flip` names the
-    image dims to flip first ((B, C, H, W): 3 left-right, 2 up-down)."""
+    """Logits (V, N, outputs) on the CPU, one row per view, computed in eval mode batch by batch.
+
+    A view names the image dims to flip ((B, C, H, W): 3 left-right, 2 up-down; () the image as
+    it is). Each batch is normalised once and fed to the model in every view.
+    """
     model.eval()
-    chunks = []
+    chunks: list[list[torch.Tensor]] = [[] for _ in views]
     for start in range(0, len(images), batch_size):
         batch = normalise(images[start : start + batch_size], device)
-        # flip keeps channels_last; () would still copy, so the plain view skips it
-        chunks.append(model(batch.flip(flip) if flip else batch).float().cpu())
-    return torch.cat(chunks) if chunks else torch.empty((0, 0))
+        for chunk, flip in zip(chunks, views, strict=True):
+            # flip keeps channels_last; () would still copy, so the plain view skips it
+            chunk.append(model(batch.flip(flip) if flip else batch).float().cpu())
+    if not len(images):
+        return torch.empty((len(views), 0, 0))
+    return torch.stack([torch.cat(chunk) for chunk in chunks])
+
+
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Logits (N, outputs) of the images as they are (the single-view case of `view_logits`)."""
+    return view_logits(model, images, batch_size, device, ((),))[0]
 
 
 def predict_scores(
@@ -66,11 +79,8 @@ def predict_scores(
     Averaging probabilities, not logits, keeps each view's vote bounded, as ensembles do.
     """
     batch_size, device = setting
-    views = [
-        to_scores(predict_logits(model, images, batch_size, device, flip), task)
-        for flip in TTA_VIEWS[tta]
-    ]
-    return np.mean(views, axis=0) if len(views) > 1 else views[0]
+    logits = view_logits(model, images, batch_size, device, TTA_VIEWS[tta])
+    return np.mean([to_scores(view, task) for view in logits], axis=0)
 
 
 def to_scores(logits: torch.Tensor, task: str) -> np.ndarray:
