@@ -314,12 +314,14 @@ def _paste(
     _, _, height, width = images.shape
     top, left, tall, wide = (torch.as_tensor(column)[:, None] for column in rects.T)  # (B, 1)
     down, across = torch.arange(height)[None, :], torch.arange(width)[None, :]  # (1, H), (1, W)
-    in_rows = (down >= top) & (down < top + tall)  # (B, H)
-    in_columns = (across >= left) & (across < left + wide)  # (B, W)
+    # the rows and columns go to the images' device, the (B, 1, H, W) mask is made there: on a
+    # GPU machine it is one kernel, not a host op competing with the loader's workers
+    in_rows = _to((down >= top) & (down < top + tall), images)  # (B, H)
+    in_columns = _to((across >= left) & (across < left + wide), images)  # (B, W)
     inside = in_rows[:, None, :, None] & in_columns[:, None, None, :]  # (B, 1, H, W)
     lam = 1.0 - (rects[:, 2] * rects[:, 3]) / (height * width)  # (B,) float64
     partner = images[_to(perm, images)]  # (B, C, H, W)
-    pasted = torch.where(_to(inside, images), partner, images)
+    pasted = torch.where(inside, partner, images)
     return pasted, torch.as_tensor(lam, dtype=images.dtype)
 
 
