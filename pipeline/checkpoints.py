@@ -22,18 +22,23 @@ from torch import nn
 from pipeline.datasets import output_names
 from pipeline.errors import ApexLoopError
 from pipeline.manifest import TaskInfo
-from pipeline.models import build_model
+from pipeline.models import Ensemble, build_model
 from pipeline.params import TrainParams
 from pipeline.paths import atomic_output
 
 log = logging.getLogger(__name__)
 
 
-def save_model(path: Path, state: dict[str, Any], params: TrainParams, info: TaskInfo) -> None:
-    """The model checkpoint: state dict, model name, image size, task, classes and the train
+def save_model(
+    path: Path, states: Sequence[dict[str, Any]], params: TrainParams, info: TaskInfo
+) -> None:
+    """The model checkpoint: the state dict (of the one model, or of the `Ensemble` of one
+    member per state), the member count, model name, image size, task, classes and the train
     params that produced it."""
+    state = states[0] if len(states) == 1 else ensemble_state(states)
     checkpoint = {
         "state_dict": state,
+        "members": len(states),
         "model": params.model,
         "image_size": params.image_size,
         "task": info.task,
@@ -42,6 +47,15 @@ def save_model(path: Path, state: dict[str, Any], params: TrainParams, info: Tas
         "params": params.model_dump(),
     }
     _save(checkpoint, path)
+
+
+def ensemble_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The `Ensemble` state dict of its members' state dicts."""
+    return {
+        f"members.{k}.{key}": value
+        for k, state in enumerate(states)
+        for key, value in state.items()
+    }
 
 
 def _save(value: dict[str, Any], path: Path) -> None:
@@ -62,6 +76,7 @@ def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module,
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         info = TaskInfo(checkpoint["task"], tuple(checkpoint["classes"]), checkpoint["good_class"])
+        count = int(checkpoint["members"])
     except pickle.UnpicklingError as exc:  # weights_only refused an object: never run it
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f" ({found[1]})" if found else ""
@@ -77,9 +92,11 @@ def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module,
             f"{path}: trained for {info.task} {list(info.classes)}, but the manifest is "
             f"{expected.task} {list(expected.classes)}; rerun train"
         )
-    model = build_model(
-        checkpoint["model"], len(output_names(info)), pretrained=False, dropout=0.0
-    )  # dropout is inactive in eval mode; the head layout is the same
+    members = [  # dropout is inactive in eval mode; the head layout is the same
+        build_model(checkpoint["model"], len(output_names(info)), pretrained=False, dropout=0.0)
+        for _ in range(count)
+    ]
+    model = members[0] if count == 1 else Ensemble(members, info.task)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     return model, int(checkpoint["image_size"]), info
@@ -94,10 +111,11 @@ def fingerprint(
     manifest: Path, params: TrainParams, world_size: int, code: Sequence[Path] = ()
 ) -> str:
     """What a resumable state belongs to: the split manifest's bytes, every train param
-    except the device and worker count, the number of processes, and the bytes of the `code`
+    except the device, worker count and ensemble size (a member trains alike whatever the
+    number of members), the number of processes, and the bytes of the `code`
     files (after a code change, say a new decode, DVC re-runs the stage: it must train again,
     not resume a state that the old code saved)."""
-    settings = params.model_dump(exclude={"device", "num_workers"})
+    settings = params.model_dump(exclude={"device", "num_workers", "ensemble"})
     digest = hashlib.sha256(manifest.read_bytes())
     digest.update(json.dumps([settings, world_size], sort_keys=True).encode())
     for file in code:

@@ -81,6 +81,26 @@ def build_model(name: str, num_outputs: int, pretrained: bool, dropout: float) -
     return model
 
 
+class Ensemble(nn.Module):
+    """Several trained members as one model whose outputs are logits of the members' mean
+    scores: multiclass, the log of the mean softmax (its softmax is that mean); multilabel,
+    the logit of the mean sigmoid, taken in log space so that it stays finite. Inference,
+    test-time flips, evaluation and export then treat it as any other classifier."""
+
+    def __init__(self, members: Sequence[nn.Module], task: str) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.multilabel = task == "multilabel"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([member(x) for member in self.members]).float()  # (M, B, K)
+        if self.multilabel:  # log p - log(1 - p), p the mean sigmoid
+            positive = torch.logsumexp(nn.functional.logsigmoid(logits), dim=0)
+            return positive - torch.logsumexp(nn.functional.logsigmoid(-logits), dim=0)
+        mean = torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0)
+        return mean - math.log(len(self.members))
+
+
 def freeze_backbone(model: nn.Module, fraction: float) -> int:
     """Stop gradients for the first `fraction` of the backbone's parameter tensors (every
     tensor but the head's, in definition order: the input end first). Batch-norm statistics

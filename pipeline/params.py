@@ -224,6 +224,7 @@ class TrainParams(_Section):
     warmup_epochs: float = Field(ge=0, le=100)  # linear warm-up (onecycle: its rising phase)
     grad_clip: float = Field(ge=0, le=1000)  # max gradient norm; 0 = off
     ema_decay: float = Field(ge=0, lt=1)  # exponential moving average of weights; 0 = off
+    ensemble: int = Field(ge=1, le=32)  # members trained with seeds seed, seed + 1, ...; averaged
     # class imbalance (pipeline/samplers.py, pipeline/losses.py)
     sampler: Literal["none", "weighted"]
     sampler_mode: Literal["inv", "sqrt", "effective_num"]

@@ -20,9 +20,10 @@ import torch
 from dvclive import Live
 
 from pipeline import distributed
-from pipeline.checkpoints import code_files, fingerprint, save_model
+from pipeline.checkpoints import code_files, fingerprint, load_model, save_model
 from pipeline.datasets import decode_images, output_names, scaled_boxes, targets
 from pipeline.errors import ApexLoopError
+from pipeline.inference import predict_scores, score_metrics
 from pipeline.manifest import TaskInfo, read_manifest
 from pipeline.models import (
     build_model,
@@ -64,18 +65,25 @@ def _metric_name(field: str) -> str:
     return field.replace("_", "/", 1) if field.startswith(("train_", "val_")) else field
 
 
-def _reporter(live: Live | None, epochs: int) -> Callable[[EpochLog], None]:
+def _step(member: int, epoch: int, params: TrainParams) -> int:
+    """The curves' x of a member's epoch: the members' epochs one after another."""
+    return member * params.epochs + epoch
+
+
+def _reporter(live: Live | None, params: TrainParams, member: int) -> Callable[[EpochLog], None]:
     """Per epoch: one log line, and the curves into DVCLive; only rank 0 has a Live (other
     ranks' train figures cover their own shard only, so they stay silent)."""
+    prefix = f"member {member + 1}/{params.ensemble} " if params.ensemble > 1 else ""
 
     def report(entry: EpochLog) -> None:
         if live is None:
             return
         log.info(
-            "epoch %d/%d lr %.2e | train loss %.4f acc %.3f | val loss %.4f acc %.3f "
+            "%sepoch %d/%d lr %.2e | train loss %.4f acc %.3f | val loss %.4f acc %.3f "
             "macro-F1 %.3f miss %s overkill %s | gap %.3f",
+            prefix,
             entry.epoch,
-            epochs,
+            params.epochs,
             entry.lr,
             entry.train_loss,
             entry.train_accuracy,
@@ -86,7 +94,7 @@ def _reporter(live: Live | None, epochs: int) -> Callable[[EpochLog], None]:
             entry.val_overkill_rate,
             entry.gap,
         )
-        live.step = entry.epoch
+        live.step = _step(member, entry.epoch, params)
         for field, value in asdict(entry).items():
             if field != "epoch" and value is not None:
                 live.log_metric(_metric_name(field), value)
@@ -108,6 +116,27 @@ def _summary(result: FitResult, params: TrainParams, extra: dict[str, Any]) -> d
     }
 
 
+def _ensemble_summary(
+    results: list[FitResult], val: dict[str, Any], params: TrainParams, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The saved ensemble's val figures, and each member's best epoch and val macro-F1 (by
+    member number from 1: `dvc exp show` makes a column of each)."""
+    return {
+        "members": len(results),
+        "monitor": params.monitor,
+        "val": {key: val[key] for key in ("accuracy", "macro_f1", "miss_rate", "overkill_rate")},
+        "member": {
+            str(k + 1): {
+                "best_epoch": result.best.epoch,
+                "epochs_run": len(result.history),
+                "val_macro_f1": result.best.val_macro_f1,
+            }
+            for k, result in enumerate(results)
+        },
+        **extra,
+    }
+
+
 def run(
     params: TrainParams, root: Path, manifest: Path, model_out: Path, live_dir: Path, state: Path
 ) -> dict[str, Any]:
@@ -120,36 +149,47 @@ def run(
     try:
         train = side(rows, "train", info, root, params, state / "decoded")
         val = side(rows, "val", info, root, params, state / "decoded")
-        torch.manual_seed(params.seed)  # weight init and dropout draw from torch's global RNG
-        model = build_model(
-            params.model, len(output_names(info)), params.pretrained, params.dropout
-        )
-        frozen = freeze_backbone(model, params.freeze_fraction)
-        frozen += freeze_modules(model, params.freeze_stages)
-        model = place_model(model, device)
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False) if process.is_main else None
-        job = Job(
-            info,
-            device,
-            process,
-            state / "last.pt",
-            fingerprint(manifest, params, process.world_size, [*code_files(), Path(__file__)]),
-            _reporter(live, params.epochs),
-        )
-        result = fit(model, train, val, params, job)
-        summary = _summary(
-            result,
-            params,
-            {
-                "train_images": len(train.images),
-                "frozen_tensors": frozen,
-                "device": device.type,
-                "processes": process.world_size,
-            },
-        )
+        code = [*code_files(), Path(__file__)]
+        results, frozen = [], 0
+        for k in range(params.ensemble):  # member k: seed + k; member 0 is the single model
+            member = params.model_copy(update={"seed": params.seed + k})
+            torch.manual_seed(member.seed)  # weight init and dropout draw from the global RNG
+            model = build_model(
+                params.model, len(output_names(info)), params.pretrained, params.dropout
+            )
+            frozen = freeze_backbone(model, params.freeze_fraction)
+            frozen += freeze_modules(model, params.freeze_stages)
+            job = Job(
+                info,
+                device,
+                process,
+                state / ("last.pt" if k == 0 else f"last-member{k}.pt"),
+                fingerprint(manifest, member, process.world_size, code),
+                _reporter(live, params, k),
+            )
+            results.append(fit(place_model(model, device), train, val, member, job))
+        extra = {
+            "train_images": len(train.images),
+            "frozen_tensors": frozen,
+            "device": device.type,
+            "processes": process.world_size,
+        }
+        summary = _summary(results[0], params, extra)
         if live is not None:
-            save_model(model_out, result.state, params, info)
-            training_curves_png([asdict(log) for log in result.history], live_dir / "curves.png")
+            save_model(model_out, [result.state for result in results], params, info)
+            if len(results) > 1:
+                ensemble = place_model(load_model(model_out)[0], device)
+                setting = (params.batch_size, device)
+                scores = predict_scores(ensemble, val.images, setting, info.task, "none")
+                figures = score_metrics(scores, val.targets, info, 0.5)
+                summary = _ensemble_summary(results, figures, params, extra)
+            history = [
+                {**asdict(entry), "epoch": _step(k, entry.epoch, params)}
+                for k, result in enumerate(results)
+                for entry in result.history
+            ]
+            training_curves_png(history, live_dir / "curves.png")
             live.summary = dict(summary)  # make_summary adds "step" to it
             live.end()
     finally:

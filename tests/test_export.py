@@ -32,16 +32,21 @@ BATCH = 5  # neither the export nor the check batch: proves the batch axis is dy
 assert BATCH not in (EXPORT_BATCH, CHECK_BATCH)
 
 
-def write_checkpoint(path: Path, model_name: str, info: TaskInfo, seed: int) -> Path:
-    """A randomly initialised (seeded) model saved as the train stage saves its best model."""
+def write_checkpoint(
+    path: Path, model_name: str, info: TaskInfo, seed: int, members: int = 1
+) -> Path:
+    """Randomly initialised (seeded) models saved as the train stage saves its best model
+    (`members` of them: an ensemble, the k-th seeded seed + k)."""
     outputs = len(info.classes) if info.task == "multiclass" else len(info.defect_classes)
+    states = []
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = build_model(model_name, outputs, pretrained=False, dropout=0.0)
+        for k in range(members):
+            torch.manual_seed(seed + k)
+            states.append(build_model(model_name, outputs, False, dropout=0.0).state_dict())
     params = load_section(REPO / "params.yaml", "train", TrainParams).model_copy(
-        update={"model": model_name, "image_size": SIZE, "pretrained": False}
+        update={"model": model_name, "image_size": SIZE, "pretrained": False, "ensemble": members}
     )
-    save_model(path, model.state_dict(), params, info)
+    save_model(path, states, params, info)
     return path
 
 
@@ -174,3 +179,23 @@ def test_parity_check_rejects_a_logit_off_by_more_than_the_tolerance(tmp_path: P
         check_parity(tmp_path / "m.onnx", expected, off)
     with pytest.raises(ApexLoopError, match="shape"):
         check_parity(tmp_path / "m.onnx", expected, expected[:1])
+
+
+def test_an_ensemble_exports_as_one_model_giving_its_mean_scores(tmp_path: Path) -> None:
+    """Multilabel: the mean of sigmoids goes through the log-space combination in both files."""
+    checkpoint = write_checkpoint(tmp_path / "pair.pt", "resnet18", MULTILABEL, seed=7, members=2)
+    out = tmp_path / "export"
+    assert main(["export", "--model", str(checkpoint), "--out", str(out)]) == 0
+    inputs = images(BATCH, seed=17)
+    members = [
+        write_checkpoint(tmp_path / f"{k}.pt", "resnet18", MULTILABEL, seed=7 + k) for k in (0, 1)
+    ]
+    expected = np.mean([1 / (1 + np.exp(-checkpoint_logits(m, inputs))) for m in members], axis=0)
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (onnx_logits,) = session.run(["logits"], {"image": np.ascontiguousarray(inputs.numpy())})
+    with torch.no_grad():
+        script_logits = torch.jit.load(str(out / "model.ts"))(inputs).numpy()
+    for logits in (onnx_logits, script_logits):
+        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), expected, rtol=1e-4, atol=1e-5)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -140,3 +141,63 @@ def test_two_processes_under_torchrun_train_one_model(outputs: Path, tmp_path: P
     assert set(ranks) == {"0", "1"}, run.stderr
     assert ranks["0"] == ranks["1"]  # DDP kept the replicas identical
     assert torch.load(tmp_path / "model.pt", weights_only=True)["params"]["epochs"] == 2
+
+
+def members(checkpoint: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """Each member's state dict out of an ensemble checkpoint's."""
+    return [
+        {
+            key.removeprefix(f"members.{k}."): value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith(f"members.{k}.")
+        }
+        for k in range(checkpoint["members"])
+    ]
+
+
+@pytest.mark.parametrize("outputs", [False], indirect=True)
+def test_an_ensemble_adds_seeded_members_to_the_single_model(outputs: Path, tmp_path: Path) -> None:
+    quick = {**TRAIN, "epochs": 1}
+    single = python(command(outputs, write_params(tmp_path / "one.yaml", train=quick), tmp_path))
+    assert single.returncode == 0, single.stderr
+    one = torch.load(tmp_path / "model.pt", weights_only=True)
+    alone = json.loads((tmp_path / "live/metrics.json").read_text())
+    params = write_params(
+        tmp_path / "two.yaml", train={**quick, "ensemble": 2}, evaluate={"tta": "none"}
+    )
+    pair = python(command(outputs, params, tmp_path))
+    assert pair.returncode == 0, pair.stderr
+    # member 0 is the single run: its finished state is resumed, not trained again
+    assert "resuming after epoch 1 " in pair.stderr
+    two = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert (one["members"], two["members"]) == (1, 2)
+    first, second = members(two)
+    assert first.keys() == second.keys() == one["state_dict"].keys()
+    assert all(torch.equal(first[key], one["state_dict"][key]) for key in first)
+    assert not torch.equal(second["fc.1.weight"], first["fc.1.weight"])  # seed + 1
+    assert len(read_curves(tmp_path / "live")["val/macro_f1"]) == 2  # both members' epochs
+    summary = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert summary["members"] == 2 and set(summary["member"]) == {"1", "2"}
+    assert summary["member"]["1"]["best_epoch"] == alone["best_epoch"]
+    assert summary["member"]["1"]["val_macro_f1"] == alone["val"]["macro_f1"]
+    # the val figures are the saved ensemble's: the evaluate stage finds the same on val
+    evaluate = python(
+        [
+            "-m",
+            "stages.evaluate",
+            "--params",
+            str(params),
+            "--root",
+            str(outputs / "raw"),
+            "--manifest",
+            str(outputs / "data/interim/split.parquet"),
+            "--model",
+            str(tmp_path / "model.pt"),
+            *(f"--{name}={tmp_path / 'evaluate' / name}" for name in ("metrics", "predictions")),
+            *(f"--{name}={tmp_path / 'evaluate' / name}" for name in ("thresholds", "plots")),
+            f"--figures={tmp_path / 'evaluate/figures'}",
+        ]
+    )
+    assert evaluate.returncode == 0, evaluate.stderr
+    val = json.loads((tmp_path / "evaluate/metrics").read_text())["val"]
+    assert {key: val[key] for key in summary["val"]} == summary["val"]
