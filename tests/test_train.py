@@ -24,11 +24,12 @@ from pipeline.params import TrainParams
 TRAIN = {"epochs": 6, "image_size": 48, "batch_size": 8, "lr": 0.003, "dropout": 0.3}
 
 
-def command(outputs: Path, params: Path, work: Path) -> list[str]:
-    """The train stage's CLI as dvc.yaml runs it, with every output under `work`."""
+def stage(name: str, outputs: Path, params: Path, model: Path, **out: Path) -> list[str]:
+    """Stage `name`'s CLI as dvc.yaml runs it on the split of `outputs`, with its own outputs
+    (`--key=path` each) where `out` says."""
     return [
         "-m",
-        "stages.train",
+        f"stages.{name}",
         "--params",
         str(params),
         "--root",
@@ -36,12 +37,16 @@ def command(outputs: Path, params: Path, work: Path) -> list[str]:
         "--manifest",
         str(outputs / "data/interim/split.parquet"),
         "--model",
-        str(work / "model.pt"),
-        "--live",
-        str(work / "live"),
-        "--state",
-        str(work / "state"),
+        str(model),
+        *(f"--{key}={path}" for key, path in out.items()),
     ]
+
+
+def command(outputs: Path, params: Path, work: Path) -> list[str]:
+    """The train stage's CLI with every output under `work`."""
+    return stage(
+        "train", outputs, params, work / "model.pt", live=work / "live", state=work / "state"
+    )
 
 
 def python(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -181,23 +186,9 @@ def test_an_ensemble_adds_seeded_members_to_the_single_model(outputs: Path, tmp_
     assert summary["member"]["1"]["best_epoch"] == alone["best_epoch"]
     assert summary["member"]["1"]["val_macro_f1"] == alone["val"]["macro_f1"]
     # the val figures are the saved ensemble's: the evaluate stage finds the same on val
-    evaluate = python(
-        [
-            "-m",
-            "stages.evaluate",
-            "--params",
-            str(params),
-            "--root",
-            str(outputs / "raw"),
-            "--manifest",
-            str(outputs / "data/interim/split.parquet"),
-            "--model",
-            str(tmp_path / "model.pt"),
-            *(f"--{name}={tmp_path / 'evaluate' / name}" for name in ("metrics", "predictions")),
-            *(f"--{name}={tmp_path / 'evaluate' / name}" for name in ("thresholds", "plots")),
-            f"--figures={tmp_path / 'evaluate/figures'}",
-        ]
-    )
+    names = ("metrics", "predictions", "thresholds", "plots", "figures")
+    out = {name: tmp_path / "evaluate" / name for name in names}
+    evaluate = python(stage("evaluate", outputs, params, tmp_path / "model.pt", **out))
     assert evaluate.returncode == 0, evaluate.stderr
     val = json.loads((tmp_path / "evaluate/metrics").read_text())["val"]
     assert {key: val[key] for key in summary["val"]} == summary["val"]
