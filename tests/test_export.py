@@ -17,7 +17,7 @@ from pipeline.checkpoints import load_model, save_model
 from pipeline.cli import main
 from pipeline.errors import ApexLoopError
 from pipeline.export import CHECK_BATCH, EXPORT_BATCH, check_parity
-from pipeline.inference import normalise
+from pipeline.inference import normalise, to_scores
 from pipeline.manifest import TaskInfo
 from pipeline.models import MEAN, STD, build_model
 from pipeline.params import TrainParams, load_section
@@ -190,7 +190,10 @@ def test_an_ensemble_exports_as_one_model_giving_its_mean_scores(tmp_path: Path)
     members = [
         write_checkpoint(tmp_path / f"{k}.pt", "resnet18", MULTILABEL, seed=7 + k) for k in (0, 1)
     ]
-    expected = np.mean([1 / (1 + np.exp(-checkpoint_logits(m, inputs))) for m in members], axis=0)
+    expected = np.mean(
+        [to_scores(torch.from_numpy(checkpoint_logits(m, inputs)), "multilabel") for m in members],
+        axis=0,
+    )
     session = onnxruntime.InferenceSession(
         str(out / "model.onnx"), providers=["CPUExecutionProvider"]
     )
@@ -198,4 +201,5 @@ def test_an_ensemble_exports_as_one_model_giving_its_mean_scores(tmp_path: Path)
     with torch.no_grad():
         script_logits = torch.jit.load(str(out / "model.ts"))(inputs).numpy()
     for logits in (onnx_logits, script_logits):
-        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), expected, rtol=1e-4, atol=1e-5)
+        scores = to_scores(torch.from_numpy(logits), "multilabel")
+        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
