@@ -16,7 +16,8 @@ from pipeline.params import Tta
 
 
 def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float (B, 3, H, W) normalised with the ImageNet statistics.
+    """Pixels 0..255 (B, 3, H, W), uint8 or float (batch-augmented) -> float (B, 3, H, W)
+    normalised with the ImageNet statistics.
 
     The result is channels_last, the layout `place_model` gives the model (faster on CPU and GPU).
     Copies to a GPU are queued (non_blocking), never waited for: a blocking copy would make the

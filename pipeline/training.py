@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -34,11 +35,12 @@ from pipeline.samplers import (
     sample_weights,
     upsample_indices,
 )
-from pipeline.transforms import build_augment
+from pipeline.transforms import BatchAugment, build_augment
 
 log = logging.getLogger(__name__)
 
 MIX_STREAM = 1_000_003  # offsets the mixing draws' seed from the sampler's
+AUGMENT_STREAM = 2_000_003  # ... and the batch augmentation's (train.augment_on: device)
 
 
 class DivergedError(ApexLoopError):
@@ -219,7 +221,10 @@ class Loop:
         # Boxes matter only to defect-aware CutMix: without it the samples carry none, which
         # spares augmenting them (pipeline.transforms.augment: a third of its time at 128 px).
         boxes = train.boxes if params.mix == "defect_cutmix" else [_NO_BOXES] * len(train.boxes)
-        data = AugmentedSet(train.images, train.targets, boxes, build_augment(params), params.seed)
+        on_device = augment_place(params.augment_on, job.device) == "device"
+        self.augment = BatchAugment.from_params(params) if on_device else None
+        per_image = None if on_device else build_augment(params)
+        data = AugmentedSet(train.images, train.targets, boxes, per_image, params.seed)
         self.draws = EpochDraws(len(train.images))
         self.criterion = build_criterion(params, job.info, train.targets, job.device)
         self.optimizer = build_optimizer(model, params)
@@ -291,6 +296,23 @@ class Loop:
         return self.batches
 
 
+def augment_place(setting: str, device: torch.device) -> str:
+    """Where train-time augmentation runs for train.augment_on: "loader" (per image, Pillow,
+    in the DataLoader) or "device" (per batch, tensor ops where the model trains). auto: on a
+    GPU the device (per-image work in the workers caps the loop far below the GPU's step rate,
+    bench/train_speed.py), on a CPU the loader (the trained default stays as it was)."""
+    if setting != "auto":
+        return setting
+    return "device" if device.type == "cuda" else "loader"
+
+
+def augment_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The batch augmentation's draws for one rank's epoch: the same (seed, epoch, rank) always
+    gives the same stream, and ranks (each with its own shard of images) draw differently."""
+    entropy = np.random.SeedSequence([seed, AUGMENT_STREAM, epoch, rank]).generate_state(1)
+    return torch.Generator().manual_seed(int(entropy[0]))
+
+
 def loader_workers(setting: int | str, device: torch.device, cores: int, ranks_here: int) -> int:
     """DataLoader worker processes for train.num_workers: a number as it is; auto = none on a
     CPU (the step's threads already use every core: workers would only compete with them,
@@ -319,17 +341,20 @@ def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
 
 
 def _inputs(
-    loop: Loop, batch: tuple[Any, ...], generator: torch.Generator
+    loop: Loop, batch: tuple[Any, ...], mixing: torch.Generator, augmenting: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised images and the loss targets of a batch, mixed per params.mix."""
+    """Normalised images and the loss targets of a batch, augmented on the device when
+    train.augment_on says so, then mixed per params.mix."""
     images, targets, boxes, labels = batch
     device, info = loop.job.device, loop.job.info
+    if loop.augment is not None:
+        images, boxes = loop.augment(images.to(device, non_blocking=True), boxes, augmenting)
     x = normalise(images, device)  # (B, 3, S, S) float, channels_last
     if loop.mix.mode == "none":
         return x, targets.to(device, non_blocking=True)
     # targets stay on the host for mixing: reading them back from a GPU would stall the host
     soft = soft_targets(targets, info.task, len(output_names(info)))
-    mixed = mix_batch(x, soft, boxes, labels, info.task, loop.good, loop.mix, generator)
+    mixed = mix_batch(x, soft, boxes, labels, info.task, loop.good, loop.mix, mixing)
     images = mixed.images.contiguous(memory_format=torch.channels_last)
     return images, mixed.targets.to(device, non_blocking=True)
 
@@ -360,7 +385,8 @@ def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
     scored against each image's own (unmixed) label. A loss that became NaN or infinite in
     any batch stops the run once the epoch is done (the host reads the losses once)."""
     loop.model.train()
-    generator = epoch_generator(loop.params.seed + MIX_STREAM, epoch)
+    mixing = epoch_generator(loop.params.seed + MIX_STREAM, epoch)
+    augmenting = augment_generator(loop.params.seed, epoch, loop.job.process.rank)
     losses, all_logits, all_targets = [], [], []
     batches = tqdm(
         loop.loader(epoch),
@@ -370,7 +396,7 @@ def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
         disable=None if loop.job.process.is_main else True,  # None: only on a terminal
     )
     for batch in batches:
-        x, y = _inputs(loop, batch, generator)
+        x, y = _inputs(loop, batch, mixing, augmenting)
         loss, logits = _step(loop, x, y)
         losses.append(loss)
         all_logits.append(logits)

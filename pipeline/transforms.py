@@ -16,12 +16,23 @@ loop pays for every millisecond of per-image augmentation (bench/train_speed.py)
 Randomness is explicit: torchvision's v2 transforms draw from torch's global CPU generator, so
 `augment` runs them inside `torch.random.fork_rng` seeded from the caller's seed. The caller's
 global RNG state is the same before and after, and one seed always gives one result.
+
+`BatchAugment` is the same augmentation for a whole batch on the training device
+(`train.augment_on: device`): one affine warp per image (crop, flips and rotation composed into
+one matrix, one `grid_sample` for the batch) and colour factors per image, drawn from an
+explicit generator. On a GPU the per-image Pillow work of the DataLoader workers caps a training
+loop far below what the GPU can step (bench/train_speed.py); as tensor ops the batch costs
+little there, and on a 2-core CPU a quarter of the per-image path at 128 px.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -112,3 +123,127 @@ def _planes(image: Image.Image) -> torch.Tensor:
     if image.mode == "L":
         return torch.from_numpy(np.repeat(np.asarray(image)[None], 3, axis=0))  # (3, S, S)
     return F.pil_to_tensor(image)
+
+
+_CROP_LOG_RATIOS = (math.log(3 / 4), math.log(4 / 3))  # RandomResizedCrop's aspect range
+_GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+_CORNERS = [[0, 1], [2, 1], [0, 3], [2, 3]]  # a box's four corners as XYXY columns
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """Train-time augmentation of a batch on its own device, as `build_augment` does per image:
+    a random resized crop (area share in [crop_scale_min, 1], aspect 3/4..4/3), flips, rotation
+    in [-rotate_degrees, rotate_degrees] (corners filled black), then brightness, contrast and
+    saturation factors in [1 - color_jitter, 1 + color_jitter], in that order (v2's ColorJitter
+    shuffles the order per image). Geometry is one bilinear warp, so pixels are resampled once
+    instead of once per step.
+
+    Call: (uint8 images (B, 3, S, S) on any device, B box tensors (n_i, 4) XYXY on the S x S
+    canvas, a CPU generator) -> (float images (B, 3, S, S) in [0, 255] on the images' device,
+    B float32 (n_i, 4) boxes: each the box enclosing its moved corners, clamped to the canvas,
+    so a box pushed out of view has zero area and none disappears). All draws come from the
+    generator (on the host, a fixed count per image): one generator state gives one result on
+    any device, up to floating point. Inputs are never written to.
+    """
+
+    size: int
+    crop_scale_min: float
+    hflip: bool
+    vflip: bool
+    rotate_degrees: float
+    color_jitter: float
+
+    @classmethod
+    def from_params(cls, params: TrainParams) -> BatchAugment | None:
+        """The batch augmentation named by `params`; None when every part is switched off."""
+        found = cls(
+            params.image_size,
+            params.crop_scale_min,
+            params.hflip,
+            params.vflip,
+            params.rotate_degrees,
+            params.color_jitter,
+        )
+        return found if found.moves or found.color_jitter > 0 else None
+
+    @property
+    def moves(self) -> bool:
+        """Whether any geometric part is on."""
+        return self.crop_scale_min < 1 or self.hflip or self.vflip or self.rotate_degrees > 0
+
+    def __call__(
+        self, images: torch.Tensor, boxes: list[torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        count, size = len(images), self.size
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(
+                f"expected uint8 images (B, 3, {size}, {size}), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        draws = torch.rand((count, 10), generator=generator, dtype=torch.float64)  # (B, 10)
+        x = images.float()
+        inverse = self._warp(draws[:, :7])  # (B, 3, 3): output -> input, normalised coords
+        if self.moves:
+            theta = inverse[:, :2].to(x.device, torch.float32)  # (B, 2, 3)
+            grid = nnf.affine_grid(theta, [count, 3, size, size], align_corners=False)
+            x = nnf.grid_sample(x, grid, "bilinear", "zeros", align_corners=False)
+        if self.color_jitter > 0:
+            factors = 1 + self.color_jitter * (2 * draws[:, 7:] - 1)  # (B, 3)
+            x = _jitter(x, factors.to(x.device, torch.float32))
+        return x, move_boxes(boxes, torch.linalg.inv(inverse), size)
+
+    def _warp(self, draws: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 3) float64: each output pixel's place in the input, in normalised coordinates
+        (-1..1 across the canvas): crop of flip of rotation, from uniform draws (B, 7)."""
+        count = len(draws)
+        crop = torch.eye(3, dtype=torch.float64).repeat(count, 1, 1)  # (B, 3, 3)
+        if self.crop_scale_min < 1:
+            area = self.crop_scale_min + (1 - self.crop_scale_min) * draws[:, 0]
+            low, high = _CROP_LOG_RATIOS
+            ratio = torch.exp(low + (high - low) * draws[:, 1])
+            width = torch.sqrt(area * ratio).clamp(max=1.0)  # shares of the canvas side
+            height = torch.sqrt(area / ratio).clamp(max=1.0)
+            crop[:, 0, 0], crop[:, 1, 1] = width, height
+            crop[:, 0, 2] = 2 * (1 - width) * draws[:, 2] + width - 1  # crop centre, normalised
+            crop[:, 1, 2] = 2 * (1 - height) * draws[:, 3] + height - 1
+        flip = torch.ones((count, 3), dtype=torch.float64)  # (B, 3)
+        if self.hflip:
+            flip[:, 0] = torch.where(draws[:, 4] < 0.5, -1.0, 1.0)
+        if self.vflip:
+            flip[:, 1] = torch.where(draws[:, 5] < 0.5, -1.0, 1.0)
+        angle = torch.deg2rad(self.rotate_degrees * (2 * draws[:, 6] - 1))  # (B,)
+        rotation = torch.eye(3, dtype=torch.float64).repeat(count, 1, 1)
+        rotation[:, 0, 0], rotation[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
+        rotation[:, 1, 0], rotation[:, 1, 1] = torch.sin(angle), torch.cos(angle)
+        return crop @ torch.diag_embed(flip) @ rotation
+
+
+def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation factors (B, 3) applied to float pixels (B, 3, S, S)
+    in [0, 255], clamped after each step as torchvision's adjust_* functions do."""
+    brightness, contrast, saturation = (factors[:, k].view(-1, 1, 1, 1) for k in range(3))
+    weights = torch.tensor(_GREY, device=x.device).view(1, 3, 1, 1)
+    x = (x * brightness).clamp(0, 255)
+    mean = (x * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+    x = torch.lerp(mean, x, contrast).clamp(0, 255)
+    grey = (x * weights).sum(dim=1, keepdim=True)  # (B, 1, S, S)
+    return torch.lerp(grey, x, saturation).clamp(0, 255)
+
+
+def move_boxes(boxes: list[torch.Tensor], forward: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Each image's boxes (n_i, 4) XYXY on the size x size canvas moved by its image's map
+    `forward` (B, 3, 3, input -> output, normalised coordinates): the box enclosing the four
+    moved corners, clamped to the canvas. float32, in the same order, never sharing memory with
+    the inputs."""
+    counts = [len(found) for found in boxes]
+    if not sum(counts):
+        return [found.to(torch.float32, copy=True) for found in boxes]
+    owner = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor(counts))  # (N,)
+    xyxy = torch.cat(boxes).to(torch.float64)  # (N, 4)
+    corners = xyxy[:, _CORNERS] * (2 / size) - 1  # (N, 4, 2), normalised
+    corners = torch.cat([corners, torch.ones_like(corners[..., :1])], dim=-1)  # (N, 4, 3)
+    moved = (corners @ forward[owner].transpose(1, 2))[..., :2]  # (N, 4, 2)
+    pixels = (moved + 1) * (size / 2)
+    out = torch.cat([pixels.amin(dim=1), pixels.amax(dim=1)], dim=1).clamp(0, size)  # (N, 4)
+    return list(out.to(torch.float32).split(counts))

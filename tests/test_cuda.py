@@ -1,6 +1,7 @@
 """The training loop on a CUDA GPU: autocast in bf16 and in fp16 (with loss scaling),
-channels_last batches from pinned memory, defect-aware CutMix on the GPU, validation, and a run
-resumed from the state a GPU run saved. Skipped where no GPU is visible (CI has none); on a
+channels_last batches from pinned memory, augmentation per batch on the GPU (train.augment_on:
+auto), defect-aware CutMix on the GPU, validation, and a run resumed from the state a GPU run
+saved. Skipped where no GPU is visible (CI has none); on a
 GPU machine: `pytest tests/test_cuda.py`."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pipeline.manifest import TaskInfo
 from pipeline.models import build_model, place_model
 from pipeline.params import TrainParams, load_section
 from pipeline.training import EpochLog, FitResult, Job, Loop, Side, fit
+from pipeline.transforms import BatchAugment
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -99,6 +101,21 @@ def test_each_precision_learns_the_task_on_the_gpu(
     assert result.best.val_accuracy >= 0.9, result.history
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert all(t.device.type == "cpu" for t in result.state.values())  # checkpoint-ready
+
+
+def test_batch_augmentation_on_the_gpu_gives_what_it_gives_on_the_cpu() -> None:
+    augment = BatchAugment.from_params(
+        settings(crop_scale_min=0.7, rotate_degrees=20.0, color_jitter=0.3)
+    )
+    assert augment is not None
+    side = bands(16, 3)
+    boxes = [found for found, _ in side.boxes]
+    on_cpu = augment(side.images, boxes, torch.Generator().manual_seed(4))
+    on_gpu = augment(side.images.to(CUDA), boxes, torch.Generator().manual_seed(4))
+    assert on_gpu[0].device.type == "cuda"
+    # one bilinear warp in float32 either way: values differ by rounding only
+    assert torch.allclose(on_gpu[0].cpu(), on_cpu[0], atol=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(on_gpu[1], on_cpu[1], strict=True))
 
 
 class Crash(Exception):

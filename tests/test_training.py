@@ -26,6 +26,8 @@ from pipeline.training import (
     Job,
     Loop,
     Side,
+    augment_generator,
+    augment_place,
     balance,
     build_criterion,
     build_optimizer,
@@ -34,6 +36,7 @@ from pipeline.training import (
     monitored,
     sample_classes,
 )
+from pipeline.transforms import BatchAugment
 from stages import train as train_stage
 
 MULTICLASS = TaskInfo("multiclass", ("good", "scratch", "hole"), "good")
@@ -151,10 +154,14 @@ def epoch_log(**fields: Any) -> EpochLog:
     return EpochLog(**(neutral | fields))
 
 
-def test_train_stage_runs_with_every_remedy_on(outputs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_train_stage_runs_with_every_remedy_on(
+    outputs: Path, tmp_path: Path, augment_on: str
+) -> None:
     summary, history = _train_on(
         outputs,
         tmp_path,
+        augment_on=augment_on,
         epochs=2,
         sampler="weighted",
         sampler_mode="effective_num",
@@ -281,6 +288,38 @@ def test_samples_carry_boxes_only_for_defect_aware_cutmix() -> None:
     assert all(b.shape == (0, 4) for b in none_boxes) and all(not len(b) for b in none_labels)
     assert sum(len(b) for b in cut_boxes) == 10 and sum(len(b) for b in cut_labels) == 10
     assert torch.equal(none_images, cut_images) and torch.equal(none_targets, cut_targets)
+
+
+def test_augment_on_auto_is_the_device_on_a_gpu_and_the_loader_on_a_cpu() -> None:
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert augment_place("auto", CPU) == "loader"
+    assert augment_place("auto", cuda) == "device"
+    assert augment_place("device", CPU) == "device"
+    assert augment_place("loader", cuda) == "loader"
+
+
+def test_augmenting_on_the_device_leaves_the_loader_plain_images() -> None:
+    images, labels = imbalanced()
+    side = Side(images, labels, [(torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64))] * 100)
+    seen = {}
+    for place in ("loader", "device"):
+        settings = params(image_size=4, batch_size=100, rotate_degrees=30.0, augment_on=place)
+        model = build_model("resnet18", 3, False, 0.0)
+        loop = Loop(model, side, side, settings, Job(MULTICLASS, CPU, ONE, None, "", print))
+        batch = next(iter(loop.loader(1)))
+        shown = torch.tensor([index for _, _, index in loop.draws])
+        seen[place] = (loop.augment, torch.equal(batch[0], images[shown]))
+    assert seen["loader"] == (None, False)  # rotated per image: corners filled black
+    assert isinstance(seen["device"][0], BatchAugment) and seen["device"][1]
+
+
+def test_batch_augmentation_draws_anew_per_epoch_and_per_rank() -> None:
+    def draws(seed: int, epoch: int, rank: int) -> torch.Tensor:
+        return torch.rand(8, generator=augment_generator(seed, epoch, rank))
+
+    assert torch.equal(draws(7, 3, 0), draws(7, 3, 0))
+    others = [draws(7, 4, 0), draws(7, 3, 1), draws(8, 3, 0)]
+    assert all(not torch.equal(draws(7, 3, 0), other) for other in others)
 
 
 def test_auto_loader_workers_none_on_cpu_and_a_core_each_on_a_gpu() -> None:

@@ -1,4 +1,5 @@
-"""Tests of pipeline.transforms: which augmentations are built, seeding, boxes following pixels."""
+"""Tests of pipeline.transforms: which augmentations are built, seeding, boxes following pixels,
+per image (augment) and per batch (BatchAugment)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from pipeline.params import TrainParams, load_section
-from pipeline.transforms import augment, build_augment
+from pipeline.transforms import BatchAugment, augment, build_augment
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -213,3 +216,125 @@ def test_rejects_a_float_image() -> None:
     assert transform is not None
     with pytest.raises(ValueError, match="uint8"):
         augment(transform, noise_image(7).float(), torch.zeros((0, 4)), seed=0)
+
+
+# --- BatchAugment: the same augmentation per batch, on the training device ---
+
+
+def batch_augment(**changes: Any) -> BatchAugment:
+    found = BatchAugment.from_params(train_params(**changes))
+    assert found is not None
+    return found
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_batch_augment_is_none_when_everything_is_off() -> None:
+    assert BatchAugment.from_params(train_params()) is None
+    for name, value in ALL_ON.items():
+        assert BatchAugment.from_params(train_params(**{name: value})) is not None, name
+
+
+def test_batch_augment_keeps_shape_range_and_every_box_and_leaves_inputs_alone() -> None:
+    transform = batch_augment(**ALL_ON)
+    images = torch.stack([noise_image(seed) for seed in range(6)])  # (6, 3, S, S)
+    boxes = [torch.tensor([[2.0, 3.0, 10.0, 12.0], [20.0, 20.0, 31.0, 30.0]])] * 3
+    boxes += [torch.zeros((0, 4)), torch.tensor([[0.0, 0.0, 32.0, 32.0]]), torch.zeros((0, 4))]
+    images_before, boxes_before = images.clone(), [b.clone() for b in boxes]
+    out, moved = transform(images, boxes, seeded(0))
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    assert float(out.min()) >= 0 and float(out.max()) <= 255
+    assert [b.shape for b in moved] == [b.shape for b in boxes]
+    assert all(b.dtype == torch.float32 for b in moved)
+    for found in moved:
+        assert bool(((found >= 0) & (found <= SIZE)).all())  # clamped to the canvas
+        assert bool((found[:, 2:] >= found[:, :2]).all())
+    assert torch.equal(images, images_before)
+    assert all(torch.equal(a, b) for a, b in zip(boxes, boxes_before, strict=True))
+    for found in moved:
+        found.fill_(-1.0)  # written to: the inputs must not change
+    assert all(torch.equal(a, b) for a, b in zip(boxes, boxes_before, strict=True))
+
+
+def test_batch_augment_same_generator_state_same_output() -> None:
+    transform = batch_augment(**ALL_ON)
+    images = torch.stack([noise_image(seed) for seed in range(4)])
+    boxes = [torch.tensor([[4.0, 4.0, 20.0, 16.0]])] * 4
+    first, second = transform(images, boxes, seeded(5)), transform(images, boxes, seeded(5))
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], second[1], strict=True))
+    other = transform(images, boxes, seeded(6))
+    assert not torch.equal(first[0], other[0])
+    # each image gets its own draw: equal inputs come out different
+    same = noise_image(0).expand(4, -1, -1, -1)
+    out, _ = transform(same, [torch.zeros((0, 4))] * 4, seeded(5))
+    assert not torch.equal(out[0], out[1])
+
+
+def test_batch_flips_mirror_whole_images_and_draw_both_ways() -> None:
+    transform = batch_augment(hflip=True, vflip=True)
+    images = torch.stack([noise_image(seed) for seed in range(32)])
+    out, _ = transform(images, [torch.zeros((0, 4))] * 32, seeded(1))
+    seen = set()
+    for image, result in zip(images.float(), out, strict=True):
+        views = {dims: image.flip(dims) if dims else image for dims in ((), (2,), (1,), (1, 2))}
+        matched = [dims for dims, view in views.items() if torch.allclose(result, view, atol=1e-2)]
+        assert len(matched) == 1
+        seen.add(matched[0])
+    assert seen == {(), (2,), (1,), (1, 2)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x0=st.integers(0, 40),
+    y0=st.integers(0, 40),
+    width=st.integers(8, 24),
+    height=st.integers(8, 24),
+    crop=st.floats(0.5, 1.0),
+    degrees=st.floats(0.0, 45.0),
+    seed=st.integers(0, 2**32),
+)
+def test_batch_boxes_follow_their_pixels(
+    x0: int, y0: int, width: int, height: int, crop: float, degrees: float, seed: int
+) -> None:
+    """A white blob's box, moved with the batch, encloses the blob's moved pixels and no more
+    than the warp's blur (and, rotated, the corners' enclosing box) adds."""
+    size = 64
+    blob = (x0, y0, x0 + width, y0 + height)
+    image = with_blob(torch.zeros((3, size, size), dtype=torch.uint8), blob)
+    transform = batch_augment(
+        image_size=size, hflip=True, vflip=True, crop_scale_min=crop, rotate_degrees=degrees
+    )
+    out, moved = transform(image[None], [torch.tensor([blob], dtype=torch.float32)], seeded(seed))
+    ys, xs = torch.nonzero(out[0, 0] > 127, as_tuple=True)
+    box = moved[0][0].tolist()
+    if not len(xs):  # cropped out of view: the box has (almost) no area left
+        assert (box[2] - box[0]) * (box[3] - box[1]) < 2 * size
+        return
+    seen = [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1]
+    assert box[0] - 1 <= seen[0] and box[1] - 1 <= seen[1]  # every white pixel inside ...
+    assert seen[2] <= box[2] + 1 and seen[3] <= box[3] + 1
+    slack = 2 + 3 * size * (1 - crop)  # ... and the box no larger than blur and corners make it
+    assert seen[0] - box[0] <= slack and seen[1] - box[1] <= slack
+    assert box[2] - seen[2] <= slack and box[3] - seen[3] <= slack
+
+
+def test_batch_colour_jitter_scales_flat_grey_by_a_factor_in_range() -> None:
+    # on a flat grey image contrast and saturation change nothing: only brightness shows
+    transform = batch_augment(color_jitter=0.3)
+    flat = torch.full((16, 3, SIZE, SIZE), 100, dtype=torch.uint8)
+    out, _ = transform(flat, [torch.zeros((0, 4))] * 16, seeded(2))
+    assert torch.equal(out, out[:, :1, :1, :1].expand_as(out))  # each image flat, still grey
+    factors = out[:, 0, 0, 0] / 100
+    assert bool(((factors >= 0.7 - 1e-5) & (factors <= 1.3 + 1e-5)).all())
+    assert len(set(factors.tolist())) == 16
+
+
+def test_batch_augment_rejects_images_it_was_not_built_for() -> None:
+    transform = batch_augment(hflip=True)
+    with pytest.raises(ValueError, match="uint8"):
+        transform(noise_image(0)[None].float(), [torch.zeros((0, 4))], seeded(0))
+    with pytest.raises(ValueError, match=f"{SIZE}, {SIZE}"):
+        transform(noise_image(0, 16)[None], [torch.zeros((0, 4))], seeded(0))
