@@ -3,23 +3,27 @@
 Usage: python bench/train_speed.py [--magnetic PATH] [--images 256] [--batch 32]
            [--models mobilenet_v2,resnet18] [--sizes 128,224]
            [--workers auto] [--repeats 3] [--data heavy|params] [--device cpu|cuda]
+           [--augment-on auto|loader|device[,...]]
 
 For each model and image size, on `--images` magnetic_tile images (a seeded sample) already in
 the decoded cache (as from the second epoch on):
   loop   images/s of one epoch of pipeline.training's real loop: sampler, DataLoader,
-         per-image augmentation, mixing, normalisation, loss, optimiser, grad clipping,
-         schedule; after one warm-up epoch. --data heavy (default): weighted sampler, flips,
-         rotation 10 deg, resized crop 0.8, colour jitter 0.2, defect-aware CutMix on half the
-         batches; --data params: params.yaml's train section as it is.
+         augmentation (per image in the DataLoader, or per batch on the device:
+         --augment-on, train.augment_on), mixing, normalisation, loss, optimiser, grad
+         clipping, schedule; after one warm-up epoch. --data heavy (default): weighted
+         sampler, flips, rotation 10 deg, resized crop 0.8, colour jitter 0.2, defect-aware
+         CutMix on half the batches; --data params: params.yaml's train section as it is.
   bare   images/s of the same model's forward + backward + AdamW step on in-memory tensors of
          the same batch size (after 3 warm-up steps), on the device, under the same autocast
          as the loop (train.amp: auto) on CUDA.
   ratio  loop / bare (goal >= 0.9).
-  data   images/s of the loop's DataLoader alone (sampler, per-image augmentation, batching),
-         best of --repeats epochs: what feeding the step costs (on a CPU the two share the
-         cores; on a GPU the loop cannot go faster than this).
+  data   images/s of the loop's DataLoader alone (sampler, per-image augmentation if any,
+         batching), best of --repeats epochs: what feeding the step costs (on a CPU the two
+         share the cores; on a GPU the loop cannot go faster than this).
 Loop and bare runs alternate --repeats times (the host is shared: a disturbance then hits both
 sides alike); images/s are the best run of each, the ratio is the median of the pairs' ratios.
+With several --augment-on places (e.g. loader,device) each gets a loop row, all measured
+against the same bare runs in the same rounds.
 """
 
 from __future__ import annotations
@@ -141,6 +145,44 @@ def bare_runner(
     return timed
 
 
+def compare(
+    base: TrainParams,
+    places: list[str],
+    side: Side,
+    info: TaskInfo,
+    device: torch.device,
+    repeats: int,
+) -> None:
+    """Print a row per train.augment_on place: its loop's images/s against the bare step's,
+    measured in the same `repeats` interleaved rounds, and its DataLoader's alone."""
+    runners = {
+        place: loop_runner(
+            TrainParams.model_validate({**base.model_dump(), "augment_on": place}),
+            side,
+            info,
+            device,
+        )
+        for place in places
+    }
+    steps = len(side.images) // base.batch_size
+    bare = bare_runner(base, len(output_names(info)), steps, device)
+    # interleaved, so a disturbance of the shared host hits all sides alike
+    rounds = [
+        (bare(), {place: loop() for place, (loop, _) in runners.items()}) for _ in range(repeats)
+    ]
+    for place, (_, data) in runners.items():
+        pairs = [(loops[place], bared) for bared, loops in rounds]
+        ratio = float(np.median([a / b for a, b in pairs]))
+        loop_best, bare_best = max(a for a, _ in pairs), max(b for _, b in pairs)
+        feed = max(data() for _ in range(repeats))
+        print(
+            f"{base.model:13s} {base.image_size:4d}px  augment_on {place:6s}  "
+            f"loop {loop_best:7.1f} images/s  bare {bare_best:7.1f} images/s  "
+            f"ratio {ratio:.2f} (per pair: {', '.join(f'{a / b:.2f}' for a, b in pairs)})  "
+            f"data {feed:7.1f} images/s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -164,6 +206,12 @@ def main() -> None:
         help="heavy: the most expensive data path; params: params.yaml's augmentation/sampler",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--augment-on",
+        default="auto",
+        help="train.augment_on, or several side by side: auto | loader | device, e.g. "
+        "loader,device",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
@@ -184,21 +232,8 @@ def main() -> None:
                     "batch_size": args.batch,
                     "num_workers": args.workers,
                 }
-                params = TrainParams.model_validate({**section, **SETTINGS[args.data], **changes})
-                loop, data = loop_runner(params, side, info, device)
-                steps = len(rows) // args.batch
-                bare = bare_runner(params, len(output_names(info)), steps, device)
-                # interleaved, so a disturbance of the shared host hits both sides alike
-                pairs = [(loop(), bare()) for _ in range(args.repeats)]
-                ratio = float(np.median([a / b for a, b in pairs]))
-                loop_best, bare_best = max(a for a, _ in pairs), max(b for _, b in pairs)
-                feed = max(data() for _ in range(args.repeats))
-                print(
-                    f"{name:13s} {size:4d}px  loop {loop_best:7.1f} images/s  "
-                    f"bare {bare_best:7.1f} images/s  ratio {ratio:.2f} "
-                    f"(per pair: {', '.join(f'{a / b:.2f}' for a, b in pairs)})  "
-                    f"data {feed:7.1f} images/s"
-                )
+                base = TrainParams.model_validate({**section, **SETTINGS[args.data], **changes})
+                compare(base, args.augment_on.split(","), side, info, device, args.repeats)
 
 
 if __name__ == "__main__":
