@@ -191,7 +191,7 @@ class BatchAugment:
         if self.color_jitter > 0:
             factors = 1 + self.color_jitter * (2 * draws[:, 7:] - 1)  # (B, 3)
             x = _jitter(x, factors.to(x.device, torch.float32))
-        return x, move_boxes(boxes, torch.linalg.inv(inverse), size)
+        return x, _move_boxes(boxes, torch.linalg.inv(inverse), size)
 
     def _warp(self, draws: torch.Tensor) -> torch.Tensor:
         """(B, 3, 3) float64: each output pixel's place in the input, in normalised coordinates
@@ -231,7 +231,7 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return torch.lerp(grey, x, saturation).clamp(0, 255)
 
 
-def move_boxes(boxes: list[torch.Tensor], forward: torch.Tensor, size: int) -> list[torch.Tensor]:
+def _move_boxes(boxes: list[torch.Tensor], forward: torch.Tensor, size: int) -> list[torch.Tensor]:
     """Each image's boxes (n_i, 4) XYXY on the size x size canvas moved by its image's map
     `forward` (B, 3, 3, input -> output, normalised coordinates): the box enclosing the four
     moved corners, clamped to the canvas. float32, in the same order, never sharing memory with
