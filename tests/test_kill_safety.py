@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -112,10 +113,13 @@ class Watcher:
     """Reads every manifest and watched JSON output whenever it exists, until stopped; keeps
     what failed.
 
-    Outputs are renamed into place whole, so every read must succeed or find no file."""
+    Outputs are renamed into place whole, so every read must succeed or find no file. Each read
+    is of a snapshot of the file's bytes: DVC removes outputs and our stages replace them while
+    the watcher reads, and a reader that opens a path twice could see two different files."""
 
     def __init__(self, project: Path) -> None:
         self.project = project
+        self.scratch = tempfile.TemporaryDirectory()
         self.failures: list[str] = []
         self.reads = 0
         self.stop = threading.Event()
@@ -131,19 +135,22 @@ class Watcher:
             time.sleep(0.02)
 
     def _check(self, name: str, read: object) -> None:
-        path = self.project / name
-        if not path.exists():
-            return
         try:
-            read(path)  # type: ignore[operator]
+            data = (self.project / name).read_bytes()  # one open: one file, whole or none
+        except FileNotFoundError:
+            return
+        snapshot = Path(self.scratch.name) / Path(name).name
+        snapshot.write_bytes(data)
+        try:
+            read(snapshot)  # type: ignore[operator]
             self.reads += 1
-        except Exception as exc:  # unless DVC removed it meanwhile, a torn file was readable
-            if path.exists():
-                self.failures.append(f"{name}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a torn file was readable
+            self.failures.append(f"{name}: {type(exc).__name__}: {exc}")
 
     def close(self) -> list[str]:
         self.stop.set()
         self.thread.join(timeout=10)
+        self.scratch.cleanup()
         return self.failures
 
 
