@@ -7,7 +7,6 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from math import comb
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -21,7 +20,6 @@ from pipeline.manifest import GROUP_COLUMNS
 
 _CHUNK = 16384  # queries per vectorised step: bounds memory
 _PAIRS_PER_STEP = 256  # pairs correlated per vectorised step: bounds memory (and fits cache)
-_ROWS_PER_STEP = 4096  # spectra band-limited per step: bounds memory
 MAX_SHIFT = 4  # pixels (of the verification patch's scale) a near duplicate may be moved by
 
 
@@ -126,17 +124,51 @@ def texture_spectra(patches: np.ndarray) -> np.ndarray:
     """
     side = patches.shape[-1]
     x = patches.astype(np.float32)
-    x -= np.stack([cv2.GaussianBlur(p, (0, 0), 3, borderType=cv2.BORDER_REFLECT) for p in x])
-    sample = x[:, ::2, ::2]  # a quarter of the pixels estimate the spread as well, 4x faster
-    centre = np.median(sample, axis=(1, 2), keepdims=True)
-    deviation = np.median(np.abs(sample - centre), axis=(1, 2))
+    x -= x.mean(axis=(1, 2), keepdims=True)  # the blur of a constant is itself: a flat patch
+    blur = _blur_operator(side)  # is exactly 0 then, whatever the operator's round-off
+    x -= blur.T @ x @ blur
+    sample = x[:, ::2, ::2].reshape(len(x), -1)  # a quarter of the pixels estimate the spread
+    centre = _median(sample)
+    deviation = _median(np.abs(sample - centre[:, None]))
     x = np.tanh(x / (2 * deviation[:, None, None] + 1e-3))
-    window = np.outer(np.hanning(side), np.hanning(side)).astype(np.float32)
-    x = (x - x.mean(axis=(1, 2), keepdims=True)) * window
+    x = (x - x.mean(axis=(1, 2), keepdims=True)) * _hann(side)
     spectra = scipy.fft.rfft2(x)
     magnitude = np.abs(spectra)
-    spectra /= magnitude + 0.5 * magnitude.mean(axis=(1, 2), keepdims=True) + 1e-6
-    return _unit_energy(spectra, side)
+    divisor = magnitude + (0.5 * magnitude.mean(axis=(1, 2), keepdims=True) + 1e-6)
+    magnitude /= divisor  # the whitened spectrum's magnitude
+    scale = _unit_scale(magnitude, side)
+    spectra *= (scale[:, None, None] / divisor).astype(np.float32)
+    return spectra.astype(np.complex64, copy=False)
+
+
+@functools.cache
+def _blur_operator(side: int) -> np.ndarray:
+    """(side, side) float32 B with x @ B = cv2.GaussianBlur (sigma 3 px, borders reflected,
+    OpenCV's 25-tap float kernel) along each row of x: blurring a batch of patches is then two
+    batched matrix products (B.T @ x @ B) instead of a filter call per patch."""
+    kernel = cv2.getGaussianKernel(25, 3, cv2.CV_32F).ravel().astype(np.float64)
+    radius = len(kernel) // 2
+    operator = np.zeros((side, side))
+    for out in range(side):
+        for offset, weight in zip(range(-radius, radius + 1), kernel, strict=True):
+            source = out + offset
+            while not 0 <= source < side:  # reflect about the border: dcba|abcd|dcba
+                source = -source - 1 if source < 0 else 2 * side - source - 1
+            operator[source, out] += weight
+    return operator.astype(np.float32)
+
+
+@functools.cache
+def _hann(side: int) -> np.ndarray:
+    """(side, side) float32 two-dimensional Hann window."""
+    return np.outer(np.hanning(side), np.hanning(side)).astype(np.float32)
+
+
+def _median(values: np.ndarray) -> np.ndarray:
+    """np.median(values, axis=1) of (K, N) values, from one partial sort per row."""
+    n = values.shape[1]
+    middle = [(n - 1) // 2, n // 2]
+    return np.partition(values, middle, axis=1)[:, middle].mean(axis=1)
 
 
 def _weights(rows: int, columns: int) -> np.ndarray:
@@ -149,12 +181,18 @@ def _weights(rows: int, columns: int) -> np.ndarray:
     return counted
 
 
+def _unit_scale(magnitude: np.ndarray, side: int) -> np.ndarray:
+    """(K,) factors that scale rfft spectra (whole, or band-limited) of patches of `side` px,
+    whose magnitudes are (K, R, C) `magnitude`, so each correlates with itself at exactly 1;
+    0 for all-zero ones."""
+    counted = _weights(*magnitude.shape[-2:])
+    energy = (np.square(magnitude) * counted).sum(axis=(1, 2)) / side**2
+    return np.where(energy > 1e-12, 1 / np.sqrt(np.maximum(energy, 1e-12)), 0)
+
+
 def _unit_energy(spectra: np.ndarray, side: int) -> np.ndarray:
-    """(K, R, C) complex64: rfft spectra (whole, or band-limited) of patches of `side` px,
-    scaled so each correlates with itself at exactly 1; all-zero ones stay zero."""
-    counted = _weights(*spectra.shape[-2:])
-    energy = (np.abs(spectra) ** 2 * counted).sum(axis=(1, 2)) / side**2
-    scale = np.where(energy > 1e-12, 1 / np.sqrt(np.maximum(energy, 1e-12)), 0)
+    """(K, R, C) complex64: `spectra` scaled as _unit_scale says."""
+    scale = _unit_scale(np.abs(spectra), side)
     return (spectra * scale[:, None, None]).astype(np.complex64)
 
 
@@ -175,23 +213,13 @@ def _shift_bases(
     return along_x.astype(np.complex64), along_y.astype(np.complex64)
 
 
-def band_limited(spectra: np.ndarray, band: int, out: Path | None = None) -> np.ndarray:
-    """(N, 2 band + 1, band + 1) complex64: the frequencies of each texture spectrum up to
+def band_limited(spectra: np.ndarray, band: int) -> np.ndarray:
+    """(K, 2 band + 1, band + 1) complex64: the frequencies of each texture spectrum up to
     `band` cycles per patch along each axis, rescaled to unit energy; band = P / 4 is the
-    texture at half resolution, in a quarter of the numbers. With `out` (.npy) the array is
-    written there in steps and memory-mapped, so memory stays flat."""
+    texture at half resolution, in a quarter of the numbers."""
     side = spectra.shape[-2]
     rows = np.r_[0 : band + 1, side - band : side]
-    shape = (len(spectra), len(rows), band + 1)
-    limited = (
-        np.lib.format.open_memmap(out, "w+", np.complex64, shape)
-        if out is not None
-        else np.empty(shape, np.complex64)
-    )
-    for start in range(0, len(spectra), _ROWS_PER_STEP):
-        part = np.asarray(spectra[start : start + _ROWS_PER_STEP])[:, rows, : band + 1]
-        limited[start : start + _ROWS_PER_STEP] = _unit_energy(part, side)
-    return limited
+    return _unit_energy(spectra[:, rows, : band + 1], side)
 
 
 @functools.cache

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.checks import (
-    PATCH,
     Blob,
     Features,
     Mapper,
@@ -36,7 +35,6 @@ from pipeline.checks import (
     score_checks,
 )
 from pipeline.dedup import (
-    band_limited,
     group_exact_duplicates,
     group_near_duplicates,
     mark_conflicts,
@@ -127,8 +125,7 @@ def _near_duplicates(
     threshold = params.near_duplicate_min_correlation
     if not confirms_near_duplicates(params):
         return group_near_duplicates(hashes, params.near_duplicate_max_distance)
-    spectra = gather_spectra(features, scratch / "spectra.npy")
-    limited = band_limited(spectra, PATCH // 4, scratch / "limited.npy")
+    spectra, limited = gather_spectra(features, scratch)
 
     def confirm(pairs: np.ndarray) -> np.ndarray:
         return texture_agrees(spectra, limited, pairs, threshold, params.workers)

@@ -26,15 +26,14 @@ from pipeline.checks import (
     compute_features,
     dark_score,
     gather_spectra,
-    grey_u8,
     image_features,
     light_score,
     odd_size_score,
     score_checks,
     verification_patch,
 )
-from pipeline.dedup import patch_correlation, texture_spectra
-from pipeline.io import ImageReadError, open_image
+from pipeline.dedup import band_limited, patch_correlation, texture_spectra
+from pipeline.io import ImageReadError, grey_u8, open_image
 from pipeline.params import CleanParams, load_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,10 +222,12 @@ def test_exif_rotated_copy_has_the_features_of_the_upright_image(tmp_path: Path)
 
 
 @pytest.mark.parametrize("size", [(20, 17), (40, 64), (64, 64), (100, 150), (300, 200)])
-def test_whash_gives_imagehashs_bits(size: tuple[int, int]) -> None:
+def test_whash_gives_imagehashs_bits_of_the_area_resampled_square(size: tuple[int, int]) -> None:
+    side = 1 << (min(size).bit_length() - 1)
     for seed in range(5):
         image = texture(seed, size)
-        assert checks.whash(image) == imagehash.whash(image)
+        square = cv2.resize(np.asarray(image), (side, side), interpolation=cv2.INTER_AREA)
+        assert checks.whash(image) == imagehash.whash(Image.fromarray(square))
 
 
 @pytest.mark.parametrize("hash_name", sorted(HASHES))
@@ -384,15 +385,17 @@ def test_scratch_gets_previews_and_the_texture_spectra_of_readable_rows_in_row_o
     found = compute_features(
         tmp_path, rows, clean_params(workers=workers), None, tmp_path / "scratch"
     )
-    spectra = gather_spectra(found, tmp_path / "scratch/spectra.npy")
+    spectra, limited = gather_spectra(found, tmp_path / "scratch")
     assert spectra.shape == (21, checks.PATCH, checks.PATCH // 2 + 1)
-    assert not spectra[3].any()
+    assert limited.shape == (21, 2 * checks.BAND + 1, checks.BAND + 1)
+    assert not spectra[3].any() and not limited[3].any()
     for row, feature in zip(rows, found, strict=True):
         if feature is None:
             continue
         grey = grey_u8(open_image(tmp_path / row["path"], MAX_PIXELS))
-        expected = texture_spectra(verification_patch(grey)[None])[0]
-        assert np.allclose(spectra[rows.index(row)], expected, atol=1e-6)
+        expected = texture_spectra(verification_patch(grey)[None])
+        assert np.allclose(spectra[rows.index(row)], expected[0], atol=1e-6)
+        assert np.allclose(limited[rows.index(row)], band_limited(expected, checks.BAND)[0])
         assert feature.preview is not None and feature.preview.read()[:2] == b"\xff\xd8"
 
 

@@ -16,6 +16,7 @@ from pipeline.io import (
     grey_u8,
     inspect_image,
     load_rgb,
+    open_grey,
     open_image,
     pixel_sha256,
     preview_jpeg,
@@ -138,6 +139,52 @@ def test_open_image_names_the_file_that_fails(tmp_path: Path) -> None:
         open_image(path, MAX_PIXELS)
     with pytest.raises(ImageReadError, match=r"missing\.png"):
         open_image(tmp_path / "missing.png", MAX_PIXELS)
+
+
+def _grey_jpeg(path: Path, exif: Image.Exif | None = None, seed: int = 7) -> Image.Image:
+    """A 33 x 21 greyscale JPEG of smooth texture plus noise written to `path`; the image."""
+    rng = np.random.default_rng(seed)
+    ramp = np.add.outer(np.arange(21) * 4.0, np.arange(33) * 3.0)
+    pixels = np.clip(ramp + rng.normal(0, 25, ramp.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "L")
+    image.save(path, quality=90, **({"exif": exif} if exif is not None else {}))
+    return image
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 6, 3])
+def test_open_grey_gives_pillows_upright_pixels_of_a_greyscale_jpeg(
+    tmp_path: Path, orientation: int | None
+) -> None:
+    exif = None
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+    _grey_jpeg(tmp_path / "grey.jpg", exif)
+    image, grey = open_grey(tmp_path / "grey.jpg", MAX_PIXELS)
+    expected = open_image(tmp_path / "grey.jpg", MAX_PIXELS)
+    assert (image.mode, image.size) == ("L", expected.size)
+    assert expected.size == ((21, 33) if orientation == 6 else (33, 21))
+    assert np.array_equal(grey, np.asarray(expected))
+    assert np.array_equal(np.asarray(image), grey)
+    assert pixel_sha256(image, grey) == pixel_sha256(expected)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "I;16", "1"])
+def test_open_grey_of_other_images_is_grey_u8_of_open_image(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "x.png"
+    random_image(17, 9, mode, seed=3).save(path)
+    image, grey = open_grey(path, MAX_PIXELS)
+    expected = open_image(path, MAX_PIXELS)
+    assert image.mode == mode
+    assert np.array_equal(grey, grey_u8(expected))
+
+
+def test_open_grey_reports_a_truncated_greyscale_jpeg(tmp_path: Path) -> None:
+    _grey_jpeg(tmp_path / "whole.jpg")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageReadError, match=r"cut\.jpg.*truncated"):
+        open_grey(tmp_path / "cut.jpg", MAX_PIXELS)
 
 
 def test_pixel_sha256_is_the_same_for_a_png_resaved_with_other_compression() -> None:
