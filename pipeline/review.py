@@ -40,11 +40,21 @@ def _found(issue: dict[str, Any]) -> list[str]:
     return [check for check in CHECKS if issue[f"is_{check}_issue"]]
 
 
-def _thumbnail(preview: Blob | None) -> str:
-    """A data: URI of the image's preview JPEG, or '' when it has none (unreadable)."""
-    if preview is None:
-        return ""
-    return "data:image/jpeg;base64," + base64.b64encode(preview.read()).decode()
+def _thumbnails(previews: dict[str, Blob | None]) -> dict[str, str]:
+    """path -> data: URI of the image's preview JPEG, or '' when it has none (unreadable).
+    Previews in row order lie chunk file after chunk file: each file is read once, and only
+    the one at hand is held."""
+    found = {}
+    file, data = None, b""
+    for path, preview in previews.items():
+        if preview is None:
+            found[path] = ""
+            continue
+        if preview.file != file:
+            file, data = preview.file, preview.file.read_bytes()
+        jpeg = data[preview.offset : preview.offset + preview.length]
+        found[path] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    return found
 
 
 def _card(issue: dict[str, Any], thumbs: dict[str, str]) -> str:
@@ -107,11 +117,13 @@ def write_review_page(
     for column in GROUP_COLUMNS.values():
         groups = {issue[column] for issue in flagged if issue[column] is not None}
         shown |= {issue["path"] for issue in issues if issue[column] in groups}
-    thumbs = {
-        issue["path"]: _thumbnail(preview)
-        for issue, preview in zip(issues, previews, strict=True)
-        if issue["path"] in shown
-    }
+    thumbs = _thumbnails(
+        {
+            issue["path"]: preview
+            for issue, preview in zip(issues, previews, strict=True)
+            if issue["path"] in shown
+        }
+    )
     sections = []
     for check in CHECKS:
         members = [issue for issue in issues if issue[f"is_{check}_issue"]]
