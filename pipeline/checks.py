@@ -104,7 +104,10 @@ class Blob:
     offset: int
     length: int
 
-    def read(self) -> bytes:
+    def read(self, contents: bytes | None = None) -> bytes:
+        """Its bytes: cut from `contents` (its whole file, when already read), else read."""
+        if contents is not None:
+            return contents[self.offset : self.offset + self.length]
         with self.file.open("rb") as handle:
             handle.seek(self.offset)
             return handle.read(self.length)

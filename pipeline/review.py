@@ -52,8 +52,7 @@ def _thumbnails(previews: dict[str, Blob | None]) -> dict[str, str]:
             continue
         if preview.file != file:
             file, data = preview.file, preview.file.read_bytes()
-        jpeg = data[preview.offset : preview.offset + preview.length]
-        found[path] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+        found[path] = "data:image/jpeg;base64," + base64.b64encode(preview.read(data)).decode()
     return found
 
 
