@@ -10,6 +10,7 @@ threshold set in params.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -90,15 +91,12 @@ class Features:
     bright_p95: float  # 95th percentile of grey level (at working size), in [0, 1]
     embedding: np.ndarray | None = None  # float32 (D,) for label issues, when asked for
     preview: Blob | None = None  # where its preview JPEG was written, when asked for
-    spectrum: Blob | None = None  # where its patch's texture spectra (whole, then band-limited)
-    # were written, when asked for
 
 
 @dataclass(frozen=True)
 class Blob:
-    """One image's bytes (a preview JPEG, a texture spectrum) inside a chunk file: a chunk of
-    images writes one file of each kind (a file per image costs more in file-system calls than
-    making its contents)."""
+    """One image's bytes (its preview JPEG) inside a chunk file: a chunk of images writes one
+    file (a file per image costs more in file-system calls than making its contents)."""
 
     file: Path
     offset: int
@@ -242,31 +240,44 @@ def _write_blobs(file: Path, blobs: list[bytes]) -> list[Blob]:
     return [Blob(file, int(offsets[k]), len(blob)) for k, blob in enumerate(blobs)]
 
 
-def gather_spectra(
-    features: Sequence[Features | None], folder: Path
-) -> tuple[np.ndarray, np.ndarray]:
+_SPECTRA_FILES = {"spectra.npy": _SPECTRUM, "limited.npy": _LIMITED}  # whole, band-limited
+
+
+def _create_spectra(folder: Path, rows: int) -> list[int]:
+    """Create `folder`'s spectra files (whole texture spectra, their band-limited parts) for
+    `rows` rows, all zeros (sparse files: nothing is written yet); where each file's first
+    row starts, in bytes."""
+    starts = []
+    for name, shape in _SPECTRA_FILES.items():
+        table = np.lib.format.open_memmap(folder / name, "w+", np.complex64, (rows, *shape))
+        starts.append(table.offset)
+        del table
+    return starts
+
+
+def _write_spectra(folder: Path, starts: list[int], rows: list[int], spectra: np.ndarray) -> None:
+    """Write texture spectra (K, *_SPECTRUM) and their band-limited parts as rows `rows` of
+    `folder`'s spectra files (made by _create_spectra, whose first rows start at `starts`):
+    each worker writes its own rows in place, so nobody gathers them afterwards."""
+    tables = (spectra, band_limited(spectra, BAND))
+    for name, start, table in zip(
+        _SPECTRA_FILES, starts, map(np.ascontiguousarray, tables), strict=True
+    ):
+        width = table[0].nbytes
+        descriptor = os.open(folder / name, os.O_WRONLY)
+        try:
+            for row, values in zip(rows, table, strict=True):
+                os.pwrite(descriptor, values.data, start + row * width)
+        finally:
+            os.close(descriptor)
+
+
+def read_spectra(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """Each row's texture spectrum, (N, PATCH, PATCH // 2 + 1) complex64, and its band-limited
-    part (band_limited(spectrum, BAND)), zeros where a row has none: arrays on disk in
-    `folder` (spectra.npy, limited.npy), memory-mapped; each chunk file is read once."""
-    files = {folder / "spectra.npy": _SPECTRUM, folder / "limited.npy": _LIMITED}
-    spectra, limited = (
-        np.lib.format.open_memmap(file, "w+", np.complex64, (len(features), *shape))
-        for file, shape in files.items()
-    )
-    rows_of: dict[str, list[tuple[int, int]]] = {}  # chunk file -> (row, its place in the file)
-    for row, feature in enumerate(features):
-        if feature is not None and feature.spectrum is not None:
-            blob = feature.spectrum
-            rows_of.setdefault(str(blob.file), []).append((row, blob.offset // blob.length))
-    whole = math.prod(_SPECTRUM)
-    for file, places in rows_of.items():
-        rows, within = np.array(places).T
-        found = np.fromfile(file, np.complex64).reshape(-1, whole + math.prod(_LIMITED))[within]
-        spectra[rows] = found[:, :whole].reshape(-1, *_SPECTRUM)
-        limited[rows] = found[:, whole:].reshape(-1, *_LIMITED)
-    del spectra, limited  # written to the page cache; unmapped here, mapped read-only below
-    whole_spectra, band = (np.load(file, mmap_mode="r") for file in files)
-    return whole_spectra, band
+    part (band_limited(spectrum, BAND)), zeros where a row has none: `folder`'s spectra files,
+    memory-mapped read-only."""
+    whole, limited = (np.load(folder / name, mmap_mode="r") for name in _SPECTRA_FILES)
+    return whole, limited
 
 
 def confirms_near_duplicates(params: CleanParams) -> bool:
@@ -280,11 +291,12 @@ def _features_of_chunk(
     params: CleanParams,
     embedding: str | None,
     scratch: Path | None,
+    spectra_starts: list[int] | None,
 ) -> list[Features]:
     """Features of a chunk of images (row index, path under `root`, pixels), each decoded once;
-    embeddings computed as one batch; with `scratch` (a folder), the chunk's preview JPEGs and
-    (when near duplicates are confirmed by texture) its patches' texture spectra are written
-    there, a file of each."""
+    embeddings computed as one batch; with `scratch` (a folder), the chunk's preview JPEGs are
+    written there (a file), and with `spectra_starts` too, its patches' texture spectra (into
+    their rows of the spectra file there, see _create_spectra)."""
     paths = resolve_many_inside(root, [path for _, path, _ in jobs])
     decoded = [open_grey(path, pixels) for path, (_, _, pixels) in zip(paths, jobs, strict=True)]
     images, greys = [image for image, _ in decoded], [grey for _, grey in decoded]
@@ -296,12 +308,9 @@ def _features_of_chunk(
         jpegs = [preview_jpeg(image, grey, _PREVIEW_SIDE) for image, grey in pairs]
         shown = _write_blobs(scratch / f"{jobs[0][0]}.jpgs", jpegs)
         found = [replace(f, preview=p) for f, p in zip(found, shown, strict=True)]
-    if scratch is not None and confirms_near_duplicates(params):
+    if scratch is not None and spectra_starts is not None:
         spectra = texture_spectra(np.stack([verification_patch(grey) for grey in greys]))
-        both = zip(spectra, band_limited(spectra, BAND), strict=True)
-        blobs = [whole.tobytes() + limited.tobytes() for whole, limited in both]
-        written = _write_blobs(scratch / f"{jobs[0][0]}.spectra", blobs)
-        found = [replace(f, spectrum=w) for f, w in zip(found, written, strict=True)]
+        _write_spectra(scratch, spectra_starts, [row for row, _, _ in jobs], spectra)
     if embedding is None:
         return found
     vectors = embed_batch(images, greys, embedding, params.label_issues.embedding_size)
@@ -326,10 +335,10 @@ def compute_features(
 
     Chunks of images are decoded in `params.workers` processes; only small records (and
     embeddings when `embedding` names a kind) come back, never pixels. With `scratch` (a
-    folder), each readable image's preview JPEG and (when near duplicates are confirmed by
-    texture) its verification patch's texture spectrum are made from the same decode and
-    written there (`Features.preview` and `.spectrum` say where), so memory stays flat however
-    many images there are.
+    folder), each readable image's preview JPEG (`Features.preview` says where) and, when near
+    duplicates are confirmed by texture, its verification patch's texture spectrum (its row of
+    the spectra file there, read_spectra) are made from the same decode and written there, so
+    memory stays flat however many images there are.
     `mapper` (fn, chunks) -> results in chunk order replaces the local process pool, e.g. with
     an orchestrator's task runner; the work it ships gets absolute paths, so it does not
     depend on the working directory of whoever runs it.
@@ -340,8 +349,16 @@ def compute_features(
     if mapper is not None:
         root = root.absolute()
         scratch = scratch.absolute() if scratch is not None else None
+    spectra_starts = None
+    if scratch is not None and confirms_near_duplicates(params):
+        spectra_starts = _create_spectra(scratch, len(rows))
     work = partial(
-        _features_of_chunk, root=root, params=params, embedding=embedding, scratch=scratch
+        _features_of_chunk,
+        root=root,
+        params=params,
+        embedding=embedding,
+        scratch=scratch,
+        spectra_starts=spectra_starts,
     )
     if mapper is not None:
         found = [features for result in mapper(work, chunks) for features in result]

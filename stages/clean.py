@@ -31,7 +31,7 @@ from pipeline.checks import (
     Mapper,
     compute_features,
     confirms_near_duplicates,
-    gather_spectra,
+    read_spectra,
     score_checks,
 )
 from pipeline.dedup import (
@@ -118,14 +118,14 @@ def _label_step(
 
 
 def _near_duplicates(
-    hashes: list[int | None], features: list[Features | None], params: CleanParams, scratch: Path
+    hashes: list[int | None], params: CleanParams, scratch: Path
 ) -> list[int | None]:
     """Near-duplicate groups: hashes within the tolerance, confirmed (unless the threshold is
     0) by the phase correlation of the two images' verification patches."""
     threshold = params.near_duplicate_min_correlation
     if not confirms_near_duplicates(params):
         return group_near_duplicates(hashes, params.near_duplicate_max_distance)
-    spectra, limited = gather_spectra(features, scratch)
+    spectra, limited = read_spectra(scratch)
 
     def confirm(pairs: np.ndarray) -> np.ndarray:
         return texture_agrees(spectra, limited, pairs, threshold, params.workers)
@@ -148,7 +148,7 @@ def find_issues(
     pixel = [f.pixel_sha256 if f else None for f in features]
     hashes = [f.perceptual_hash if f else None for f in features]
     near = (
-        _near_duplicates(hashes, features, params, scratch)
+        _near_duplicates(hashes, params, scratch)
         if params.actions.near_duplicate != "off"
         else [None] * len(rows)
     )
