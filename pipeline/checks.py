@@ -296,7 +296,7 @@ def _features_of_chunk(
     """Features of a chunk of images (row index, path under `root`, pixels), each decoded once;
     embeddings computed as one batch; with `scratch` (a folder), the chunk's preview JPEGs are
     written there (a file), and with `spectra_starts` too, its patches' texture spectra (into
-    their rows of the spectra file there, see _create_spectra)."""
+    their rows of the spectra files there, see _create_spectra)."""
     paths = resolve_many_inside(root, [path for _, path, _ in jobs])
     decoded = [open_grey(path, pixels) for path, (_, _, pixels) in zip(paths, jobs, strict=True)]
     images, greys = [image for image, _ in decoded], [grey for _, grey in decoded]
@@ -336,8 +336,8 @@ def compute_features(
     Chunks of images are decoded in `params.workers` processes; only small records (and
     embeddings when `embedding` names a kind) come back, never pixels. With `scratch` (a
     folder), each readable image's preview JPEG (`Features.preview` says where) and, when near
-    duplicates are confirmed by texture, its verification patch's texture spectrum (its row of
-    the spectra file there, read_spectra) are made from the same decode and written there, so
+    duplicates are confirmed by texture, its verification patch's texture spectra (its rows in
+    the spectra files there, read_spectra) are made from the same decode and written there, so
     memory stays flat however many images there are.
     `mapper` (fn, chunks) -> results in chunk order replaces the local process pool, e.g. with
     an orchestrator's task runner; the work it ships gets absolute paths, so it does not
