@@ -109,6 +109,22 @@ class Run:
         return "".join(line for _, line in self.lines)
 
 
+def clear_torn_dvc_lock(project: Path) -> bool:
+    """Remove DVC's own `.dvc/tmp/rwlock` when a kill tore it: DVC rewrites that file in place,
+    so a SIGKILL landing mid-write leaves invalid JSON, and DVC then refuses to run until it is
+    deleted (a known DVC limitation, treeverse/dvc#7615; the file is transient lock state, safe
+    to delete with no dvc running). This test is about our outputs, not DVC's lock file."""
+    lock = project / ".dvc/tmp/rwlock"
+    try:
+        json.loads(lock.read_text())
+    except FileNotFoundError:
+        return False
+    except json.JSONDecodeError:
+        lock.unlink()
+        return True
+    return False
+
+
 class Watcher:
     """Reads every manifest and watched JSON output whenever it exists, until stopped; keeps
     what failed.
@@ -234,7 +250,7 @@ def test_sigkill_at_random_points_leaves_no_torn_output_and_a_rerun_completes_it
     project = make_project(tmp_path_factory.mktemp("killed"), raw)
     rng = random.Random(8)
     killed_in: list[str] = []
-    completed = 0
+    completed = torn_locks = 0
     watcher = Watcher(project)
     try:
         while len(killed_in) < KILLS or set(killed_in) != set(STAGES):
@@ -265,6 +281,7 @@ def test_sigkill_at_random_points_leaves_no_torn_output_and_a_rerun_completes_it
             run.kill()
             running = list(run.started())[-1]
             killed_in.append(running)
+            torn_locks += clear_torn_dvc_lock(project)
             # after the kill: whatever output exists is whole
             for name, kind in MANIFESTS.items():
                 if (project / name).exists():
@@ -282,4 +299,9 @@ def test_sigkill_at_random_points_leaves_no_torn_output_and_a_rerun_completes_it
     differing = [n for n in names if (first / n).read_bytes() != (project / n).read_bytes()]
     assert differing == []
     assert stray_temporaries(project) == []
-    log.info("kills by stage: %s; runs that completed before their kill: %d", killed_in, completed)
+    log.info(
+        "kills by stage: %s; runs that completed before their kill: %d; DVC locks torn: %d",
+        killed_in,
+        completed,
+        torn_locks,
+    )
