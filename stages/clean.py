@@ -41,8 +41,6 @@ from pipeline.dedup import (
     mark_duplicates,
     texture_agrees,
 )
-from pipeline.embeddings import resolve_kind
-from pipeline.labels import assess_multiclass, assess_multilabel
 from pipeline.manifest import CHECKS, IMAGE_FIELDS, TaskInfo, read_manifest, write_manifest
 from pipeline.params import CleanParams, load_section
 from pipeline.paths import write_text_atomic
@@ -97,6 +95,8 @@ def _label_step(
         reason = f"{distinct} groups < {settings.folds} folds"
         return {"embedding": kind, "skipped_reason": reason, "skipped_classes": {}}
     x = np.stack(vectors)  # (N, D)
+    from pipeline.labels import assess_multiclass, assess_multilabel  # cleanlab, sklearn
+
     if info.task == "multiclass":
         findings, skipped = assess_multiclass(
             x, [issues[i]["label"] for i in used], groups, settings
@@ -143,7 +143,13 @@ def find_issues(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[Blob | None]]:
     """Issue rows (every input row plus its features, groups, scores, flags and action), the
     label-issue step's summary, and each row's preview JPEG (written to `scratch`)."""
-    kind = None if params.actions.label == "off" else resolve_kind(params.label_issues.embedding)
+    kind = None
+    if params.actions.label != "off":
+        # torch, torchvision, cleanlab and sklearn (3-7 s to import, 1 GB) load only for the
+        # label-issue check: without it the stage starts in under a second
+        from pipeline.embeddings import resolve_kind
+
+        kind = resolve_kind(params.label_issues.embedding)
     features = compute_features(root, rows, params, kind, scratch, mapper=mapper)
     pixel = [f.pixel_sha256 if f else None for f in features]
     hashes = [f.perceptual_hash if f else None for f in features]
