@@ -23,6 +23,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -669,3 +671,55 @@ def test_multilabel_conflict_is_a_different_label_set(tmp_path: Path) -> None:
         ("hole", "scratch"): 1,
         ("stain",): 1,
     }
+
+
+def test_the_stage_without_label_issues_never_loads_torch_or_cleanlab(
+    tmp_path: Path, dataset: tuple[Path, Path]
+) -> None:
+    # they take seconds to import and make every forked worker 1 GB; only that check needs them
+    root, manifest = dataset
+    params = tmp_path / "params.yaml"
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["clean"]
+    section["actions"]["label"] = "off"
+    section["overrides"] = str(tmp_path / "overrides.csv")
+    (tmp_path / "overrides.csv").write_text("path,decision\n")
+    params.write_text(yaml.safe_dump({"clean": section}))
+    outputs = {name: tmp_path / name for name in ("c.parquet", "i.parquet", "m.json", "r.html")}
+    script = (
+        "import sys\n"
+        "from stages import clean\n"
+        "assert clean.main(sys.argv[1:]) == 0\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'cleanlab', 'sklearn') "
+        "if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "--params",
+            str(params),
+            "--root",
+            str(root),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(outputs["c.parquet"]),
+            "--issues",
+            str(outputs["i.parquet"]),
+            "--metrics",
+            str(outputs["m.json"]),
+            "--review",
+            str(outputs["r.html"]),
+            "--queue",
+            str(tmp_path / "q.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (
+        json.loads(outputs["m.json"].read_text())["label_issues"]["skipped_reason"] == "check off"
+    )
