@@ -181,10 +181,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 Result = tuple[dict[str, Any], dict[str, dict[str, Any]], list[dict[str, Any]]]
 
 
-def _run_clean(
+def _clean_argv(
     tmp_path: Path, dataset: tuple[Path, Path], changes: dict[str, Any] | None = None
-) -> Result:
-    """Run the clean CLI; return (metrics JSON, issue rows by file name, cleaned rows)."""
+) -> tuple[list[str], Path, Path, Path]:
+    """The clean CLI's arguments for `dataset` with params changed by `changes`, all outputs in
+    `tmp_path`; and where its cleaned manifest, issues manifest and metrics go."""
     root, manifest = dataset
     overrides = tmp_path / "overrides.csv"  # a review queue with no decisions
     overrides.write_text("path,decision\n", encoding="utf-8")
@@ -199,6 +200,14 @@ def _run_clean(
     argv = ["--params", str(params), "--root", str(root), "--manifest", str(manifest)]
     argv += ["--out", str(out), "--issues", str(issues), "--metrics", str(metrics)]
     argv += ["--review", str(tmp_path / "review.html"), "--queue", str(tmp_path / "queue.csv")]
+    return argv, out, issues, metrics
+
+
+def _run_clean(
+    tmp_path: Path, dataset: tuple[Path, Path], changes: dict[str, Any] | None = None
+) -> Result:
+    """Run the clean CLI; return (metrics JSON, issue rows by file name, cleaned rows)."""
+    argv, out, issues, metrics = _clean_argv(tmp_path, dataset, changes)
     assert clean.main(argv) == 0
     issue_rows, _ = read_manifest(issues, "issues")
     cleaned, _ = read_manifest(out, "images")
@@ -677,14 +686,7 @@ def test_the_stage_without_label_issues_never_loads_torch_or_cleanlab(
     tmp_path: Path, dataset: tuple[Path, Path]
 ) -> None:
     # they take seconds to import and make every forked worker 1 GB; only that check needs them
-    root, manifest = dataset
-    params = tmp_path / "params.yaml"
-    section = yaml.safe_load((REPO / "params.yaml").read_text())["clean"]
-    section["actions"]["label"] = "off"
-    section["overrides"] = str(tmp_path / "overrides.csv")
-    (tmp_path / "overrides.csv").write_text("path,decision\n")
-    params.write_text(yaml.safe_dump({"clean": section}))
-    outputs = {name: tmp_path / name for name in ("c.parquet", "i.parquet", "m.json", "r.html")}
+    argv, _, _, metrics = _clean_argv(tmp_path, dataset, {"actions": {"label": "off"}})
     script = (
         "import sys\n"
         "from stages import clean\n"
@@ -693,33 +695,7 @@ def test_the_stage_without_label_issues_never_loads_torch_or_cleanlab(
         "if m in sys.modules))\n"
     )
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            "--params",
-            str(params),
-            "--root",
-            str(root),
-            "--manifest",
-            str(manifest),
-            "--out",
-            str(outputs["c.parquet"]),
-            "--issues",
-            str(outputs["i.parquet"]),
-            "--metrics",
-            str(outputs["m.json"]),
-            "--review",
-            str(outputs["r.html"]),
-            "--queue",
-            str(tmp_path / "q.csv"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]"
-    assert (
-        json.loads(outputs["m.json"].read_text())["label_issues"]["skipped_reason"] == "check off"
-    )
+    assert json.loads(metrics.read_text())["label_issues"]["skipped_reason"] == "check off"
