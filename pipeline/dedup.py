@@ -130,7 +130,7 @@ def texture_spectra(patches: np.ndarray) -> np.ndarray:
     sample = x[:, ::2, ::2].reshape(len(x), -1)  # a quarter of the pixels estimate the spread
     centre = _median(sample)
     deviation = _median(np.abs(sample - centre[:, None]))
-    x = np.tanh(x / (2 * deviation[:, None, None] + 1e-3))
+    x = _tanh(x / (2 * deviation[:, None, None] + 1e-3))
     x = (x - x.mean(axis=(1, 2), keepdims=True)) * _hann(side)
     spectra = scipy.fft.rfft2(x)
     magnitude = np.abs(spectra)
@@ -165,10 +165,18 @@ def _hann(side: int) -> np.ndarray:
 
 
 def _median(values: np.ndarray) -> np.ndarray:
-    """np.median(values, axis=1) of (K, N) values, from one partial sort per row."""
+    """np.median(values, axis=1) of (K, N) float32 values: NumPy's vectorised sort of float32
+    takes half the time of the partial sort np.median does."""
     n = values.shape[1]
-    middle = [(n - 1) // 2, n // 2]
-    return np.partition(values, middle, axis=1)[:, middle].mean(axis=1)
+    ordered = np.sort(values, axis=1)
+    return (ordered[:, (n - 1) // 2] + ordered[:, n // 2]) / 2
+
+
+def _tanh(x: np.ndarray) -> np.ndarray:
+    """np.tanh of float32 values as 1 - 2 / (e^2x + 1) (exact to 2e-7), from NumPy's
+    vectorised exp: its float32 tanh is not vectorised and costs half as much again."""
+    with np.errstate(over="ignore"):  # e^2x = inf gives 1, as it should
+        return 1 - 2 / (np.exp(2 * x) + 1)
 
 
 def _weights(rows: int, columns: int) -> np.ndarray:

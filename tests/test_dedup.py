@@ -261,6 +261,24 @@ def surface(seed: int, side: int = 64) -> np.ndarray:
     return np.clip(ramp + grain, 0, 255).astype(np.uint8)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_median_of_rows_is_numpys(rows: int, columns: int, seed: int) -> None:
+    values = np.random.default_rng(seed).normal(0, 10, (rows, columns)).astype(np.float32)
+    values[:, ::3] = values[:, :1]  # ties
+    assert np.allclose(dedup._median(values), np.median(values, axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_tanh_is_numpys_to_float32_precision_over_the_whole_range() -> None:
+    x = np.concatenate(
+        [np.linspace(-20, 20, 100_001), [0.0, 1e-30, -1e-30, 44.0, -44.0, 1e6, -1e6, 3e38, -3e38]]
+    ).astype(np.float32)
+    found = dedup._tanh(x)
+    assert found.dtype == np.float32
+    assert np.abs(found - np.tanh(x)).max() <= 2.5e-7
+    assert found[-4:].tolist() == [1.0, -1.0, 1.0, -1.0]  # saturates, no inf or nan
+
+
 def test_identical_and_relit_patches_correlate_fully() -> None:
     a = surface(0)
     relit = np.clip(a.astype(float) * 0.8 + 20, 0, 255).astype(np.uint8)
