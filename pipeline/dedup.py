@@ -95,20 +95,56 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     bits differ by at most d // m bits in at least one block (pigeonhole), so probing each
     block's table with every mask of at most d // m bits finds every pair without comparing
     all pairs. m (3..8) is chosen to minimise the expected probes plus candidates per query
-    (bench/near_duplicate_search.py shows the scaling).
+    (bench/near_duplicate_search.py shows the scaling). The search runs over the distinct
+    hash values: images that look alike often share one (5,296 synthetic images have 2,153
+    values), and their rows' pairs are then spelled out directly.
     """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    blocks = min(range(3, 9), key=lambda m: _cost(len(hashes), max_distance, m))
+    values, inverse, counts = np.unique(
+        np.asarray(hashes, dtype=np.uint64), return_inverse=True, return_counts=True
+    )
+    inverse = inverse.ravel()
+    blocks = min(range(3, 9), key=lambda m: _cost(len(values), max_distance, m))
     found = [np.empty((0, 2), dtype=np.int64)]
     shift = 0
     for width in _block_widths(blocks):
-        found += _block_pairs(hashes, shift, width, max_distance // blocks, max_distance)
+        found += _block_pairs(values, shift, width, max_distance // blocks, max_distance)
         shift += width
-    pairs = np.concatenate(found)
-    # a pair found through several blocks is kept once; one int64 key per pair sorts fast
-    keys = np.sort(pairs[:, 0] * len(hashes) + pairs[:, 1])
-    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
-    return np.stack([keys // len(hashes), keys % len(hashes)], axis=1)
+    # a pair of values found through several blocks counts once; one int64 key per pair
+    keys = _unique_keys(np.concatenate(found), len(values))
+    repeated = np.flatnonzero(counts > 1)  # and pairs of rows sharing a value
+    between = np.concatenate(
+        [
+            np.stack([keys // len(values), keys % len(values)], axis=1),
+            np.stack([repeated, repeated], axis=1),
+        ]
+    )
+    first, second = _rows_of_value_pairs(between, inverse, counts)
+    n = len(inverse)
+    keys = np.sort(np.minimum(first, second) * n + np.maximum(first, second))
+    return np.stack([keys // n, keys % n], axis=1)
+
+
+def _unique_keys(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Sorted distinct keys i * n + j of (P, 2) pairs (i, j) of indices below n."""
+    keys = np.sort(pairs[:, 0] * n + pairs[:, 1])
+    return keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+
+
+def _rows_of_value_pairs(
+    pairs: np.ndarray, inverse: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (first, second): for each pair (a, b) of value indices, every row holding
+    value a with every row holding value b (a == b: every two rows holding it, once)."""
+    order = np.argsort(inverse, kind="stable")  # rows grouped by value
+    starts = np.cumsum(counts) - counts
+    a, b = pairs[:, 0], pairs[:, 1]
+    sizes = counts[a] * counts[b]
+    offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    width = np.repeat(counts[b], sizes)
+    first = order[np.repeat(starts[a], sizes) + offsets // width]
+    second = order[np.repeat(starts[b], sizes) + offsets % width]
+    keep = (first < second) | np.repeat(a != b, sizes)  # within a value: each pair once
+    return first[keep], second[keep]
 
 
 def texture_spectra(patches: np.ndarray) -> np.ndarray:

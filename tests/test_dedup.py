@@ -136,6 +136,19 @@ def test_near_duplicate_pairs_do_not_depend_on_the_query_chunk(
     assert pairs == brute_force_pairs(hashes, max_distance)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from([0, 1, 3, 2**40, 2**64 - 1, 0xFF00FF]), max_size=40),
+    st.integers(0, 12),
+)
+def test_near_duplicate_pairs_of_many_repeated_hashes_are_the_brute_force_pairs(
+    hashes: list[int], max_distance: int
+) -> None:
+    # images that look alike share hash values: every row pair of a shared value is a pair
+    pairs = _as_list(near_duplicate_pairs(np.array(hashes, dtype=np.uint64), max_distance))
+    assert pairs == brute_force_pairs(hashes, max_distance)
+
+
 def test_near_duplicate_pairs_hand_worked() -> None:
     a = 0x0123_4567_89AB_CDEF
     hashes = [a, a ^ 0b1, a ^ (1 << 63) ^ (1 << 40), 0xFFFF_FFFF_FFFF_FFFF, a]
