@@ -151,13 +151,14 @@ def laplacian_variance(grey: np.ndarray) -> float:
     return max(cv2.norm(laplacian, cv2.NORM_L2SQR) / count - mean * mean, 0.0)
 
 
-def _hash_input(grey: np.ndarray) -> Image.Image:
+def _hash_input(image: Image.Image, grey: np.ndarray) -> Image.Image:
     """The grey image box-filtered by an integer factor to _HASH_INPUT-2x that px on its short
     side: imagehash then resamples to its 32 px (phash) or 8-9 px grid from this instead of
-    from full resolution."""
+    from full resolution. `image` stands in for `grey` when it is 8-bit grey (then it holds
+    the same pixels), which saves wrapping the array in a new Pillow image."""
     factor = max(1, min(grey.shape) // _HASH_INPUT)
-    image = Image.fromarray(grey)
-    return image.reduce(factor) if factor > 1 else image
+    source = image if image.mode == "L" else Image.fromarray(grey)
+    return source.reduce(factor) if factor > 1 else source
 
 
 def verification_patch(grey: np.ndarray) -> np.ndarray:
@@ -194,7 +195,7 @@ def _measure(image: Image.Image, grey: np.ndarray, hash_name: str, working_size:
     low, high = (value / 255.0 for value in _percentiles(small, (5, 95)))
     return Features(
         pixel_sha256=pixel_sha256(image, grey),
-        perceptual_hash=hash_value(HASHES[hash_name](_hash_input(grey))),
+        perceptual_hash=hash_value(HASHES[hash_name](_hash_input(image, grey))),
         sharpness=laplacian_variance(small),
         bright_p05=float(low),
         bright_p95=float(high),
