@@ -72,15 +72,16 @@ def kill_after_first_saved_epoch(args: list[str], state: Path) -> None:
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(
     outputs: Path, tmp_path: Path
 ) -> None:
-    params = write_params(tmp_path / "params.yaml", train=TRAIN)
+    settings = {**TRAIN, "epochs": 3}  # killed after epoch 1, two epochs left to resume
+    params = write_params(tmp_path / "params.yaml", train=settings)
     reference = python(command(outputs, params, tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
     args = command(outputs, params, tmp_path / "killed")
     kill_after_first_saved_epoch(args, tmp_path / "killed/state")
     saved = torch.load(tmp_path / "killed/state/last.pt", weights_only=True)
     done = len(saved["history"])
-    assert saved["params"]["epochs"] == TRAIN["epochs"] and saved["classes"]  # self-describing
-    assert 1 <= done < TRAIN["epochs"], "the run ended before it was killed; make it longer"
+    assert saved["params"]["epochs"] == settings["epochs"] and saved["classes"]  # self-describing
+    assert 1 <= done < settings["epochs"], "the run ended before it was killed; make it longer"
     assert not (tmp_path / "killed/model.pt").exists()
     resumed = python(args)
     assert resumed.returncode == 0, resumed.stderr
@@ -100,9 +101,10 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(
 
 @pytest.mark.parametrize("outputs", [False], indirect=True)
 def test_changed_params_start_afresh_instead_of_resuming(outputs: Path, tmp_path: Path) -> None:
-    args = command(outputs, write_params(tmp_path / "a.yaml", train=TRAIN), tmp_path)
+    quick = {**TRAIN, "epochs": 1}  # a finished run's state is what a rerun would resume
+    args = command(outputs, write_params(tmp_path / "a.yaml", train=quick), tmp_path)
     assert python(args).returncode == 0
-    changed = {**TRAIN, "lr": 0.001}
+    changed = {**quick, "lr": 0.001}
     args = command(outputs, write_params(tmp_path / "b.yaml", train=changed), tmp_path)
     rerun = python(args)
     assert rerun.returncode == 0, rerun.stderr
