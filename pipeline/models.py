@@ -81,6 +81,57 @@ def build_model(name: str, num_outputs: int, pretrained: bool, dropout: float) -
     return model
 
 
+# Each backbone's last feature map (module, channels): what its classifier pools.
+FEATURE_MAPS = {
+    "resnet18": ("layer4", 512),
+    "mobilenet_v2": ("features", 1280),
+    "mobilenet_v3_small": ("features", 576),
+    "mobilenet_v3_large": ("features", 960),
+    "efficientnet_b0": ("features", 1280),
+}
+DEFECT_MAP = "defect_map"  # the DefectMap's name inside a model
+
+
+class DefectMap(nn.Module):
+    """Scores each cell of the backbone's last feature map for a defect (a 1x1 convolution):
+    trained beside the classifier against the defect boxes (train.defect_map_weight), it
+    teaches the features that the classifier pools where small defects are. A forward hook on
+    the feature module hands it the map in training mode only; it is left out of the saved
+    model (`without_defect_map`), so inference and export never see it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 1, bias=False)
+        self.bias = nn.Parameter(torch.tensor(-2.0))  # starts near the share of defect cells
+        nn.init.zeros_(self.conv.weight)  # ... the same for every cell
+        self.logits: torch.Tensor | None = None
+
+    def capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if module.training:
+            self.logits = self.conv(output) + self.bias
+
+    def take(self) -> torch.Tensor:
+        """The logits (B, 1, h, w) of the last training-mode forward pass, handed over once."""
+        logits, self.logits = self.logits, None
+        if logits is None:
+            raise RuntimeError("no defect map: the model has not run forward in training mode")
+        return logits
+
+
+def add_defect_map(model: nn.Module, name: str) -> DefectMap:
+    """Attach a DefectMap to a `build_model` model of architecture `name`."""
+    module, channels = FEATURE_MAPS[name]
+    head = DefectMap(channels)
+    model.add_module(DEFECT_MAP, head)
+    model.get_submodule(module).register_forward_hook(head.capture)
+    return head
+
+
+def without_defect_map(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict without the DefectMap's tensors: the classifier alone."""
+    return {key: value for key, value in state.items() if not key.startswith(f"{DEFECT_MAP}.")}
+
+
 class Ensemble(nn.Module):
     """Several trained members as one model whose outputs are logits of the members' mean
     scores: multiclass, the log of the mean softmax (its softmax is that mean); multilabel,

@@ -238,6 +238,8 @@ class TrainParams(_Section):
     focal_alpha: list[float] | None
     label_smoothing: float = Field(ge=0, lt=1)
     class_weight_damping: float = Field(ge=0, le=1)
+    # localisation (pipeline/models.py DefectMap): weight of the defect-map loss; 0 = off
+    defect_map_weight: float = Field(ge=0, le=100)
 
     @model_validator(mode="after")
     def _check_freezing(self) -> TrainParams:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -27,6 +28,7 @@ from pipeline.inference import normalise, predict_logits, score_metrics, to_scor
 from pipeline.losses import build_loss, class_weights
 from pipeline.manifest import TaskInfo
 from pipeline.mixing import MixConfig, mix_batch, soft_targets
+from pipeline.models import add_defect_map, without_defect_map
 from pipeline.params import TrainParams
 from pipeline.samplers import (
     ShuffleEpochSampler,
@@ -216,11 +218,22 @@ class Loop:
         self, model: nn.Module, train: Side, val: Side, params: TrainParams, job: Job
     ) -> None:
         self.params, self.job, self.val = params, job, val
+        if params.defect_map_weight and not any(len(found) for found, _ in train.boxes):
+            raise ApexLoopError(
+                f"train.defect_map_weight is {params.defect_map_weight} but no training image "
+                "has a defect box: give the defects' boxes (ingest.masks, ingest.boxes_column "
+                "or VOC files) or set train.defect_map_weight: 0"
+            )
+        self.defect_map = (
+            add_defect_map(model, params.model).to(job.device) if params.defect_map_weight else None
+        )
         self.model = distributed.wrap(model, job.process, job.device)
         self.pool, self.sampler = balance(train.targets, params, job.info, job.process)
-        # Boxes matter only to defect-aware CutMix: without it the samples carry none, which
-        # spares augmenting them (pipeline.transforms.augment: a third of its time at 128 px).
-        boxes = train.boxes if params.mix == "defect_cutmix" else [_NO_BOXES] * len(train.boxes)
+        # Boxes matter only to defect-aware CutMix and the defect map: without them the samples
+        # carry none, which spares augmenting them (pipeline.transforms.augment: a third of its
+        # time at 128 px).
+        carried = params.mix == "defect_cutmix" or self.defect_map is not None
+        boxes = train.boxes if carried else [_NO_BOXES] * len(train.boxes)
         on_device = augment_place(params.augment_on, job.device) == "device"
         self.augment = BatchAugment.from_params(params) if on_device else None
         per_image = None if on_device else build_augment(params)
@@ -340,33 +353,83 @@ def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
+def defect_maps(
+    boxes: list[torch.Tensor], known: torch.Tensor, size: int, device: torch.device
+) -> torch.Tensor:
+    """float32 (B, 2, S, S) on `device`: channel 0 is 1 on the pixels that any of image b's
+    defect boxes (XYXY on the S x S canvas) overlaps, channel 1 is 1 where image b's map is
+    known (`known` (B,) bool: a defective image without boxes has none)."""
+    edges = torch.arange(size, device=device, dtype=torch.float32)  # pixel p spans [p, p + 1)
+    maps = torch.zeros(len(boxes), 2, size, size, device=device)
+    maps[:, 1] = known.to(device, torch.float32)[:, None, None]
+    for index, found in enumerate(boxes):
+        if len(found):
+            x0, y0, x1, y1 = found.to(device, torch.float32).unbind(1)  # (n,) each
+            rows = (edges < y1[:, None]) & (edges + 1 > y0[:, None])  # (n, S)
+            columns = (edges < x1[:, None]) & (edges + 1 > x0[:, None])  # (n, S)
+            maps[index, 0] = (rows[:, :, None] & columns[:, None, :]).any(0)
+    return maps
+
+
+def defect_map_loss(logits: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the defect map's cells (B, 1, h, w) against `maps` (B, 2, S, S,
+    see defect_maps; mixed like the images): a cell is a defect where any of its pixels is,
+    and counts by the share of its pixels whose map is known."""
+    cells = (logits.shape[-2], logits.shape[-1])
+    target = F.adaptive_max_pool2d(maps[:, :1], cells)
+    known = F.adaptive_avg_pool2d(maps[:, 1:], cells)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=known, reduction="sum")
+    return loss / known.sum().clamp_min(1.0)
+
+
+def _known_maps(targets: torch.Tensor, boxes: list[torch.Tensor], good: int | None) -> torch.Tensor:
+    """(B,) bool: whether an image's defect map is known: it has boxes, or it is good."""
+    good_images = targets == good if good is not None else targets.sum(dim=1) == 0
+    return good_images.cpu() | torch.tensor([len(found) > 0 for found in boxes])
+
+
 def _inputs(
     loop: Loop, batch: tuple[Any, ...], mixing: torch.Generator, augmenting: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised images and the loss targets of a batch, augmented on the device when
-    train.augment_on says so, then mixed per params.mix."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Normalised images, the loss targets and (with a defect map) the defect maps of a
+    batch (see defect_maps), augmented on the device when train.augment_on says so, then
+    mixed per params.mix: the maps ride along as extra channels, so that CutMix pastes and
+    MixUp blends them with their pixels."""
     images, targets, boxes, labels = batch
     device, info = loop.job.device, loop.job.info
     if loop.augment is not None:
         images, boxes = loop.augment(images.to(device, non_blocking=True), boxes, augmenting)
     x = normalise(images, device)  # (B, 3, S, S) float, channels_last
+    channels = x.shape[1]
+    if loop.defect_map is not None:
+        known = _known_maps(targets, boxes, loop.good)
+        x = torch.cat([x, defect_maps(boxes, known, x.shape[-1], device)], dim=1)
     if loop.mix.mode == "none":
-        return x, targets.to(device, non_blocking=True)
-    # targets stay on the host for mixing: reading them back from a GPU would stall the host
-    soft = soft_targets(targets, info.task, len(output_names(info)))
-    mixed = mix_batch(x, soft, boxes, labels, info.task, loop.good, loop.mix, mixing)
-    images = mixed.images.contiguous(memory_format=torch.channels_last)
-    return images, mixed.targets.to(device, non_blocking=True)
+        y = targets.to(device, non_blocking=True)
+    else:
+        # targets stay on the host for mixing: reading them back from a GPU would stall it
+        soft = soft_targets(targets, info.task, len(output_names(info)))
+        mixed = mix_batch(x, soft, boxes, labels, info.task, loop.good, loop.mix, mixing)
+        x, y = mixed.images, mixed.targets.to(device, non_blocking=True)
+    maps = x[:, channels:] if loop.defect_map is not None else None
+    return x[:, :channels].contiguous(memory_format=torch.channels_last), y, maps
 
 
-def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward and optimiser step on one batch; returns the loss and the logits, on
-    the device: reading them there would make the host wait for the GPU at every step."""
+def _step(
+    loop: Loop, x: torch.Tensor, y: torch.Tensor, maps: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and optimiser step on one batch (with `maps`, the defect map's loss
+    weighted by train.defect_map_weight joins the classifier's); returns the classifier's
+    loss and the logits, on the device: reading them there would make the host wait for the
+    GPU at every step."""
     with torch.autocast(loop.job.device.type, dtype=loop.amp, enabled=loop.amp is not None):
         logits = loop.model(x)
         loss = loop.criterion(logits.float(), y)
+    total = loss
+    if loop.defect_map is not None and maps is not None:
+        total = loss + loop.params.defect_map_weight * defect_map_loss(loop.defect_map.take(), maps)
     loop.optimizer.zero_grad(set_to_none=True)
-    loop.scaler.scale(loss).backward()
+    loop.scaler.scale(total).backward()
     if loop.params.grad_clip:
         loop.scaler.unscale_(loop.optimizer)
         nn.utils.clip_grad_norm_(loop.model.parameters(), loop.params.grad_clip)
@@ -396,8 +459,8 @@ def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
         disable=None if loop.job.process.is_main else True,  # None: only on a terminal
     )
     for batch in batches:
-        x, y = _inputs(loop, batch, mixing, augmenting)
-        loss, logits = _step(loop, x, y)
+        x, y, maps = _inputs(loop, batch, mixing, augmenting)
+        loss, logits = _step(loop, x, y, maps)
         losses.append(loss)
         all_logits.append(logits)
         all_targets.append(batch[1])
@@ -505,4 +568,4 @@ def fit(model: nn.Module, train: Side, val: Side, params: TrainParams, job: Job)
         len(loop.sampler),
         weights,
     )
-    return FitResult(best[1], best[0], history, resumed_after)
+    return FitResult(without_defect_map(best[1]), best[0], history, resumed_after)

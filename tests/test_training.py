@@ -14,11 +14,12 @@ import torch
 from conftest import REPO, read_curves
 from torch import nn
 
+from pipeline.checkpoints import load_model
 from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
 from pipeline.losses import BinaryFocalLoss, FocalLoss, LossConfigError
 from pipeline.manifest import TaskInfo
-from pipeline.models import build_model
+from pipeline.models import DEFECT_MAP, build_model
 from pipeline.params import TrainParams, load_section
 from pipeline.samplers import ShuffleEpochSampler, WeightedEpochSampler
 from pipeline.training import (
@@ -178,6 +179,7 @@ def test_train_stage_runs_with_every_remedy_on(
         warmup_epochs=1.0,
         ema_decay=0.9,
         decode_cache="disk",
+        defect_map_weight=0.5,
     )
     written = json.loads((tmp_path / "live/metrics.json").read_text())
     assert {k: v for k, v in written.items() if k != "step"} == summary
@@ -193,6 +195,9 @@ def test_train_stage_runs_with_every_remedy_on(
     checkpoint = torch.load(tmp_path / "m.pt", weights_only=True)
     assert checkpoint["params"]["mix"] == "defect_cutmix"
     assert checkpoint["params"]["sampler"] == "weighted"
+    # the defect map trained beside the classifier; the checkpoint is the classifier alone
+    assert not [key for key in checkpoint["state_dict"] if key.startswith(DEFECT_MAP)]
+    load_model(tmp_path / "m.pt")  # strict: the classifier's tensors, nothing else
 
 
 def test_early_stopping_stops_patience_epochs_after_the_last_gain(
