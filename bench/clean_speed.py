@@ -70,8 +70,8 @@ class Figures:
             f"{len(self.readable) / cleanvision:7.1f} images/s"
         )
         print(
-            f"  ratio ours (off) / CleanVision = {ratio:.2f} "
-            f"(per pair: {', '.join(f'{a:.1f}/{b:.1f} s' for a, b in self.pairs)})"
+            f"  ratio ours (off) / CleanVision = {ratio:.3f} "
+            f"(per pair: {', '.join(f'{a:.2f}/{b:.2f} s = {a / b:.3f}' for a, b in self.pairs)})"
         )
 
 
