@@ -60,7 +60,7 @@ class Figures:
         n = self.images
         without = min(a for a, _ in self.pairs)
         cleanvision = min(b for _, b in self.pairs)
-        ratio = statistics.median(a / b for a, b in self.pairs)
+        ratios = [a / b for a, b in self.pairs]
         print(f"{self.name}: {n} images")
         print(f"  clean, label issues off  {without:7.1f} s  {n / without:7.1f} images/s")
         on = self.with_labels
@@ -69,10 +69,10 @@ class Figures:
             f"  CleanVision Imagelab     {cleanvision:7.1f} s  "
             f"{len(self.readable) / cleanvision:7.1f} images/s"
         )
-        print(
-            f"  ratio ours (off) / CleanVision = {ratio:.3f} "
-            f"(per pair: {', '.join(f'{a:.2f}/{b:.2f} s = {a / b:.3f}' for a, b in self.pairs)})"
-        )
+        pairs = zip(self.pairs, ratios, strict=True)
+        each = ", ".join(f"{a:.2f}/{b:.2f} s = {r:.3f}" for (a, b), r in pairs)
+        ratio = statistics.median(ratios)
+        print(f"  ratio ours (off) / CleanVision = {ratio:.3f} (per pair: {each})")
 
 
 def main() -> None:
