@@ -23,7 +23,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from pipeline.dedup import band_limited, texture_spectra
+from pipeline.dedup import texture_level_shapes, texture_levels, texture_spectra
 from pipeline.io import open_grey, pixel_sha256, preview_jpeg
 from pipeline.params import CleanParams
 from pipeline.paths import resolve_many_inside
@@ -32,9 +32,6 @@ _CHUNK = 16  # images per worker task (and per embedding batch)
 _PREVIEW_SIDE = 160  # review-page thumbnails
 _PATCH_SCALE = 128  # a larger short side is shrunk to this before the verification patch is cut
 PATCH = 64  # side of the verification patch (near-duplicate check), pixels
-BAND = PATCH // 4  # its texture at half resolution: frequencies up to this, cycles per patch
-_SPECTRUM = (PATCH, PATCH // 2 + 1)  # shape of a patch's texture spectrum (rfft)
-_LIMITED = (2 * BAND + 1, BAND + 1)  # shape of its band-limited part
 _HASH_INPUT = 64  # at least the short side the perceptual hash (on a 32 px grid) starts from
 
 # Runs `fn` on every item and returns the results in item order, wherever it likes (threads,
@@ -242,11 +239,13 @@ def _write_blobs(file: Path, blobs: list[bytes]) -> list[Blob]:
     return [Blob(file, int(offsets[k]), len(blob)) for k, blob in enumerate(blobs)]
 
 
-_SPECTRA_FILES = {"spectra.npy": _SPECTRUM, "limited.npy": _LIMITED}  # whole, band-limited
+_SPECTRA_FILES = dict(  # a patch's texture_levels, coarsest first: file names and shapes
+    zip(("quarter.npy", "half.npy", "spectra.npy"), texture_level_shapes(PATCH), strict=True)
+)
 
 
 def _create_spectra(folder: Path, rows: int) -> list[int]:
-    """Create `folder`'s spectra files (whole texture spectra, their band-limited parts) for
+    """Create `folder`'s spectra files (the texture_levels of patches' texture spectra) for
     `rows` rows, all zeros (sparse files: nothing is written yet); where each file's first
     row starts, in bytes."""
     starts = []
@@ -258,13 +257,11 @@ def _create_spectra(folder: Path, rows: int) -> list[int]:
 
 
 def _write_spectra(folder: Path, starts: list[int], rows: list[int], spectra: np.ndarray) -> None:
-    """Write texture spectra (K, *_SPECTRUM) and their band-limited parts as rows `rows` of
-    `folder`'s spectra files (made by _create_spectra, whose first rows start at `starts`):
+    """Write the texture_levels of texture spectra (K, PATCH, PATCH // 2 + 1) as rows `rows`
+    of `folder`'s spectra files (made by _create_spectra, whose first rows start at `starts`):
     each worker writes its own rows in place, so nobody gathers them afterwards."""
-    tables = (spectra, band_limited(spectra, BAND))
-    for name, start, table in zip(
-        _SPECTRA_FILES, starts, map(np.ascontiguousarray, tables), strict=True
-    ):
+    tables = map(np.ascontiguousarray, texture_levels(spectra))
+    for name, start, table in zip(_SPECTRA_FILES, starts, tables, strict=True):
         width = table[0].nbytes
         descriptor = os.open(folder / name, os.O_WRONLY)
         try:
@@ -274,12 +271,11 @@ def _write_spectra(folder: Path, starts: list[int], rows: list[int], spectra: np
             os.close(descriptor)
 
 
-def read_spectra(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's texture spectrum, (N, PATCH, PATCH // 2 + 1) complex64, and its band-limited
-    part (band_limited(spectrum, BAND)), zeros where a row has none: `folder`'s spectra files,
+def read_spectra(folder: Path) -> list[np.ndarray]:
+    """Each row's texture_levels (coarsest first, the whole texture spectrum last, (N, PATCH,
+    PATCH // 2 + 1) complex64), zeros where a row has none: `folder`'s spectra files,
     memory-mapped read-only."""
-    whole, limited = (np.load(folder / name, mmap_mode="r") for name in _SPECTRA_FILES)
-    return whole, limited
+    return [np.load(folder / name, mmap_mode="r") for name in _SPECTRA_FILES]
 
 
 def confirms_near_duplicates(params: CleanParams) -> bool:

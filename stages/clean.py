@@ -125,10 +125,10 @@ def _near_duplicates(
     threshold = params.near_duplicate_min_correlation
     if not confirms_near_duplicates(params):
         return group_near_duplicates(hashes, params.near_duplicate_max_distance)
-    spectra, limited = read_spectra(scratch)
+    levels = read_spectra(scratch)
 
     def confirm(pairs: np.ndarray) -> np.ndarray:
-        return texture_agrees(spectra, limited, pairs, threshold, params.workers)
+        return texture_agrees(levels, pairs, threshold, params.workers)
 
     return group_near_duplicates(hashes, params.near_duplicate_max_distance, confirm)
 

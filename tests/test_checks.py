@@ -32,7 +32,7 @@ from pipeline.checks import (
     score_checks,
     verification_patch,
 )
-from pipeline.dedup import band_limited, patch_correlation, texture_spectra
+from pipeline.dedup import patch_correlation, texture_levels, texture_spectra
 from pipeline.io import ImageReadError, grey_u8, open_image
 from pipeline.params import CleanParams, load_section
 
@@ -385,17 +385,18 @@ def test_scratch_gets_previews_and_the_texture_spectra_of_readable_rows_in_row_o
     found = compute_features(
         tmp_path, rows, clean_params(workers=workers), None, tmp_path / "scratch"
     )
-    spectra, limited = read_spectra(tmp_path / "scratch")
-    assert spectra.shape == (21, checks.PATCH, checks.PATCH // 2 + 1)
-    assert limited.shape == (21, 2 * checks.BAND + 1, checks.BAND + 1)
-    assert not spectra[3].any() and not limited[3].any()
+    levels = read_spectra(tmp_path / "scratch")
+    side = checks.PATCH
+    shapes = [(side // 4 + 1, side // 8 + 1), (side // 2 + 1, side // 4 + 1), (side, side // 2 + 1)]
+    assert [level.shape for level in levels] == [(21, *shape) for shape in shapes]
+    assert not any(level[3].any() for level in levels)
     for row, feature in zip(rows, found, strict=True):
         if feature is None:
             continue
         grey = grey_u8(open_image(tmp_path / row["path"], MAX_PIXELS))
-        expected = texture_spectra(verification_patch(grey)[None])
-        assert np.allclose(spectra[rows.index(row)], expected[0], atol=1e-6)
-        assert np.allclose(limited[rows.index(row)], band_limited(expected, checks.BAND)[0])
+        expected = texture_levels(texture_spectra(verification_patch(grey)[None]))
+        for level, values in zip(levels, expected, strict=True):
+            assert np.allclose(level[rows.index(row)], values[0], atol=1e-6)
         assert feature.preview is not None and feature.preview.read()[:2] == b"\xff\xd8"
 
 

@@ -23,6 +23,7 @@ from pipeline.dedup import (
     patch_correlation,
     spectra_correlation,
     texture_agrees,
+    texture_levels,
     texture_spectra,
 )
 
@@ -340,7 +341,7 @@ def test_many_pairs_are_correlated_in_steps_like_one_at_a_time() -> None:
     patches = np.stack([surface(seed % 5) for seed in range(40)])
     pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])  # 780 > a step
     spectra = texture_spectra(patches)
-    with patch.object(dedup, "_PAIRS_PER_STEP", 64):
+    with patch.object(dedup, "_VALUES_PER_STEP", 100 * 64 * 33):  # 100 pairs a step
         stepped = spectra_correlation(spectra, pairs, threads=2)
     alone = np.concatenate([spectra_correlation(spectra, pair[None]) for pair in pairs])
     np.testing.assert_allclose(stepped, alone, atol=1e-5)
@@ -374,22 +375,30 @@ def test_texture_agrees_where_the_correlation_reaches_the_threshold() -> None:
     pairs = np.array([(i, j) for i in range(10) for j in range(i + 1, 10)])
     full = spectra_correlation(spectra, pairs)
     for threshold in (0.3, 0.5, 0.9):
-        agrees = texture_agrees(spectra, band_limited(spectra, 16), pairs, threshold, threads=2)
+        agrees = texture_agrees(texture_levels(spectra), pairs, threshold, threads=2)
         np.testing.assert_array_equal(agrees, full >= threshold)
     assert 0 < (full >= 0.5).sum() < len(pairs)
 
 
-def test_texture_agreeing_only_in_fine_detail_is_refused_at_half_resolution() -> None:
-    """The half-resolution test does decide: equal fine texture over different coarse texture
-    correlates above the threshold in full but not at half resolution."""
+@pytest.mark.parametrize("refused_at", ["quarter", "half"])
+def test_texture_agreeing_only_in_fine_detail_is_refused_by_a_coarse_test(refused_at: str) -> None:
+    """The coarse tests do decide: equal fine texture over different coarser texture
+    correlates above the threshold in full but is refused at a quarter of the resolution
+    (phases scrambled up to 16 cycles per patch), or passes there and is refused at half
+    (scrambled from 9 to 16 cycles)."""
     rng = np.random.default_rng(0)
     spectra = texture_spectra(np.stack([surface(1), surface(2)]))
     spectra[1] = spectra[0]
-    rows = np.r_[0:17, 48:64]
-    spectra[1][np.ix_(rows, np.arange(17))] *= np.exp(2j * np.pi * rng.random((33, 17)))
-    pair = np.array([[0, 1]])
-    assert spectra_correlation(spectra, pair)[0] > 0.5
-    assert not texture_agrees(spectra, band_limited(spectra, 16), pair, 0.5)[0]
+    scrambled = np.zeros(spectra.shape[1:], dtype=bool)
+    scrambled[np.ix_(np.r_[0:17, 48:64], np.arange(17))] = True
+    if refused_at == "half":
+        scrambled[np.ix_(np.r_[0:9, 56:64], np.arange(9))] = False
+    spectra[1][scrambled] *= np.exp(2j * np.pi * rng.random(scrambled.sum()))
+    pair, threshold = np.array([[0, 1]]), 0.6
+    quarter = spectra_correlation(texture_levels(spectra)[0], pair, side=64)[0]
+    assert spectra_correlation(spectra, pair)[0] > threshold
+    assert (quarter >= 0.7 * threshold) == (refused_at == "half")
+    assert not texture_agrees(texture_levels(spectra), pair, threshold)[0]
 
 
 # --- mark_duplicates / mark_conflicts --------------------------------------------------------
