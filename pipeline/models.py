@@ -82,18 +82,20 @@ def build_model(name: str, num_outputs: int, pretrained: bool, dropout: float) -
 
 
 # Each backbone's last feature map (module, channels): what its classifier pools.
+# (module, channels) of each architecture's last feature map with cells of 32 px (the one
+# the classifier pools) and of 16 px (the last before the final downsampling)
 FEATURE_MAPS = {
-    "resnet18": ("layer4", 512),
-    "mobilenet_v2": ("features", 1280),
-    "mobilenet_v3_small": ("features", 576),
-    "mobilenet_v3_large": ("features", 960),
-    "efficientnet_b0": ("features", 1280),
+    "resnet18": {32: ("layer4", 512), 16: ("layer3", 256)},
+    "mobilenet_v2": {32: ("features", 1280), 16: ("features.13", 96)},
+    "mobilenet_v3_small": {32: ("features", 576), 16: ("features.8", 48)},
+    "mobilenet_v3_large": {32: ("features", 960), 16: ("features.12", 112)},
+    "efficientnet_b0": {32: ("features", 1280), 16: ("features.5", 112)},
 }
 DEFECT_MAP = "defect_map"  # the DefectMap's name inside a model
 
 
 class DefectMap(nn.Module):
-    """Scores each cell of the backbone's last feature map for a defect (a 1x1 convolution):
+    """Scores each cell of a backbone feature map for a defect (a 1x1 convolution):
     trained beside the classifier against the defect boxes (train.defect_map_weight), it
     teaches the features that the classifier pools where small defects are. A forward hook on
     the feature module hands it the map in training mode only; it is left out of the saved
@@ -118,9 +120,10 @@ class DefectMap(nn.Module):
         return logits
 
 
-def add_defect_map(model: nn.Module, name: str) -> DefectMap:
-    """Attach a DefectMap to a `build_model` model of architecture `name`."""
-    module, channels = FEATURE_MAPS[name]
+def add_defect_map(model: nn.Module, name: str, cell: int = 32) -> DefectMap:
+    """Attach a DefectMap to a `build_model` model of architecture `name`, scoring the
+    feature map whose cells are `cell` px (32 or 16, see FEATURE_MAPS)."""
+    module, channels = FEATURE_MAPS[name][cell]
     head = DefectMap(channels)
     model.add_module(DEFECT_MAP, head)
     model.get_submodule(module).register_forward_hook(head.capture)

@@ -240,6 +240,7 @@ class TrainParams(_Section):
     class_weight_damping: float = Field(ge=0, le=1)
     # localisation (pipeline/models.py DefectMap): weight of the defect-map loss; 0 = off
     defect_map_weight: float = Field(ge=0, le=100)
+    defect_map_cell: Literal[16, 32]  # px per map cell: the last feature map (32) or finer (16)
 
     @model_validator(mode="after")
     def _check_freezing(self) -> TrainParams:

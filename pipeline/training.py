@@ -225,7 +225,9 @@ class Loop:
                 "or VOC files) or set train.defect_map_weight: 0"
             )
         self.defect_map = (
-            add_defect_map(model, params.model).to(job.device) if params.defect_map_weight else None
+            add_defect_map(model, params.model, params.defect_map_cell).to(job.device)
+            if params.defect_map_weight
+            else None
         )
         self.model = distributed.wrap(model, job.process, job.device)
         self.pool, self.sampler = balance(train.targets, params, job.info, job.process)

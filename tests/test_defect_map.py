@@ -14,7 +14,13 @@ from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
 from pipeline.inference import normalise
 from pipeline.manifest import TaskInfo
-from pipeline.models import DEFECT_MAP, add_defect_map, build_model, without_defect_map
+from pipeline.models import (
+    DEFECT_MAP,
+    FEATURE_MAPS,
+    add_defect_map,
+    build_model,
+    without_defect_map,
+)
 from pipeline.params import TrainParams, load_section
 from pipeline.samplers import epoch_generator
 from pipeline.training import (
@@ -104,11 +110,22 @@ def test_a_defective_image_without_boxes_has_an_unknown_map() -> None:
     assert known == [0.0 if index == 3 else 1.0 for index in shown]
 
 
-def test_the_map_trains_the_backbone_and_stays_out_of_the_classifier() -> None:
+@pytest.mark.parametrize("name", sorted(FEATURE_MAPS))
+def test_each_architecture_maps_cells_of_the_chosen_size(name: str) -> None:
+    for cell in (32, 16):
+        model = build_model(name, 2, False, 0.0).train()
+        head = add_defect_map(model, name, cell)
+        model(torch.randn(2, 3, 64, 64))
+        assert head.take().shape == (2, 1, 64 // cell, 64 // cell)
+        assert head.conv.in_channels == FEATURE_MAPS[name][cell][1]
+
+
+@pytest.mark.parametrize(("cell", "stage"), [(32, "layer4"), (16, "layer3")])
+def test_the_map_trains_the_backbone_and_stays_out_of_the_classifier(cell: int, stage: str) -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", 2, False, 0.0)
     plain = set(model.state_dict())
-    head = add_defect_map(model, "resnet18")
+    head = add_defect_map(model, "resnet18", cell)
     assert {k for k in model.state_dict() if k.startswith(f"{DEFECT_MAP}.")}
     assert set(without_defect_map(model.state_dict())) == plain  # the saved model: no map
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -120,12 +137,17 @@ def test_the_map_trains_the_backbone_and_stays_out_of_the_classifier() -> None:
         model.train()
         model(images)
         logits = head.take()
-        assert logits.shape == (2, 1, 2, 2)  # resnet18's layer4 at 64 px: stride 32
+        assert logits.shape == (2, 1, 64 // cell, 64 // cell)  # e.g. layer4 at 64 px: 2 x 2
         optimizer.zero_grad()
         defect_map_loss(logits, maps).backward()
         optimizer.step()
-    assert model.layer4[-1].conv2.weight.grad is not None
-    assert model.layer4[-1].conv2.weight.grad.abs().sum() > 0
+    grad = model.get_submodule(stage)[-1].conv2.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    if cell == 16:  # the map never reaches the stage after its feature map
+        assert (
+            model.layer4[-1].conv2.weight.grad is None
+            or not model.layer4[-1].conv2.weight.grad.any()
+        )
     assert model.fc[-1].weight.grad is None or not model.fc[-1].weight.grad.any()
     model.eval()
     model(images)
