@@ -81,7 +81,6 @@ def build_model(name: str, num_outputs: int, pretrained: bool, dropout: float) -
     return model
 
 
-# Each backbone's last feature map (module, channels): what its classifier pools.
 # (module, channels) of each architecture's last feature map with cells of 32 px (the one
 # the classifier pools) and of 16 px (the last before the final downsampling)
 FEATURE_MAPS = {
