@@ -115,9 +115,8 @@ def test_each_architecture_maps_cells_of_the_chosen_size(name: str) -> None:
     for cell in (32, 16):
         model = build_model(name, 2, False, 0.0).train()
         head = add_defect_map(model, name, cell)
-        model(torch.randn(2, 3, 64, 64))
+        model(torch.randn(2, 3, 64, 64))  # a wrong channel count in FEATURE_MAPS fails here
         assert head.take().shape == (2, 1, 64 // cell, 64 // cell)
-        assert head.conv.in_channels == FEATURE_MAPS[name][cell][1]
 
 
 @pytest.mark.parametrize(("cell", "stage"), [(32, "layer4"), (16, "layer3")])
