@@ -260,8 +260,7 @@ def _write_spectra(folder: Path, starts: list[int], rows: list[int], spectra: np
     """Write the texture_levels of texture spectra (K, PATCH, PATCH // 2 + 1) as rows `rows`
     of `folder`'s spectra files (made by _create_spectra, whose first rows start at `starts`):
     each worker writes its own rows in place, so nobody gathers them afterwards."""
-    tables = map(np.ascontiguousarray, texture_levels(spectra))
-    for name, start, table in zip(_SPECTRA_FILES, starts, tables, strict=True):
+    for name, start, table in zip(_SPECTRA_FILES, starts, texture_levels(spectra), strict=True):
         width = table[0].nbytes
         descriptor = os.open(folder / name, os.O_WRONLY)
         try:

@@ -323,10 +323,10 @@ def spectra_correlation(
     return np.concatenate([np.empty(0, np.float32), *found]).astype(np.float32)
 
 
-def texture_level_shapes(side: int) -> list[tuple[int, int]]:
+def texture_level_shapes(side: int) -> list[tuple[int, ...]]:
     """Shapes of one patch's texture_levels, for patches of `side` px."""
-    bands = [side // divisor for divisor, _ in _COARSE_TESTS]
-    return [*((2 * band + 1, band + 1) for band in bands), (side, side // 2 + 1)]
+    spectrum = np.zeros((1, side, side // 2 + 1), dtype=np.complex64)
+    return [level.shape[1:] for level in texture_levels(spectrum)]
 
 
 def texture_levels(spectra: np.ndarray) -> list[np.ndarray]:
