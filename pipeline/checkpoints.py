@@ -92,8 +92,9 @@ def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module,
             f"{path}: trained for {info.task} {list(info.classes)}, but the manifest is "
             f"{expected.task} {list(expected.classes)}; rerun train"
         )
+    outputs, pool = len(output_names(info)), checkpoint["params"].get("pool", "avg")
     members = [  # dropout is inactive in eval mode; the head layout is the same
-        build_model(checkpoint["model"], len(output_names(info)), pretrained=False, dropout=0.0)
+        build_model(checkpoint["model"], outputs, pretrained=False, dropout=0.0, pool=pool)
         for _ in range(count)
     ]
     model = members[0] if count == 1 else Ensemble(members, info.task)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision import models
 
 from pipeline.errors import ApexLoopError
@@ -69,15 +70,49 @@ def _set_head(model: nn.Module, head: nn.Linear, dropout: float) -> None:
     setattr(parent, attr, nn.Sequential(nn.Dropout(dropout), head))
 
 
-def build_model(name: str, num_outputs: int, pretrained: bool, dropout: float) -> nn.Module:
-    """A torchvision classifier by name with `num_outputs` outputs and head dropout `dropout`;
-    pretrained backbones (from the local hub cache only) get a fresh head."""
+class GeM(nn.Module):
+    """Generalised-mean pooling to (B, C, 1, 1): the mean over the cells of x**p, to the power
+    1/p, with p learnt from 3 (p = 1 is the average, a large p the maximum). A defect that
+    lights one cell of 49 still moves the pooled feature, where the average dilutes it."""
+
+    def __init__(self, p: float = 3.0) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        powered = x.float().clamp_min(1e-6).pow(self.p)  # float32: x**p overflows fp16
+        return F.adaptive_avg_pool2d(powered, 1).pow(1.0 / self.p).to(x.dtype)
+
+
+def _set_pool(model: nn.Module, pool: str) -> None:
+    """Pool the last feature map by `pool` (avg: torchvision's own; gem: `GeM`; max): the
+    pool replaces the architecture's `avgpool`; MobileNetV2, which averages inside its
+    forward, gets it as the last module of `features` (the average of its 1 x 1 output is
+    then that output)."""
+    if pool == "avg":
+        return
+    layer = GeM() if pool == "gem" else nn.AdaptiveMaxPool2d(1)
+    if isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2d):
+        model.avgpool = layer
+    else:
+        features = model.get_submodule("features")
+        assert isinstance(features, nn.Sequential), type(features)
+        features.append(layer)
+
+
+def build_model(
+    name: str, num_outputs: int, pretrained: bool, dropout: float, pool: str = "avg"
+) -> nn.Module:
+    """A torchvision classifier by name with `num_outputs` outputs, head dropout `dropout`
+    and global pooling `pool` (see `_set_pool`); pretrained backbones (from the local hub cache
+    only) get a fresh head."""
     if not pretrained:
         model = models.get_model(name, weights=None, num_classes=num_outputs)
         _set_head(model, _last_linear(model)[2], dropout)  # keeps torchvision's head init
-        return model
-    model = models.get_model(name, weights=cached_weights(name))
-    _set_head(model, nn.Linear(_last_linear(model)[2].in_features, num_outputs), dropout)
+    else:
+        model = models.get_model(name, weights=cached_weights(name))
+        _set_head(model, nn.Linear(_last_linear(model)[2].in_features, num_outputs), dropout)
+    _set_pool(model, pool)
     return model
 
 
@@ -85,7 +120,7 @@ def build_model(name: str, num_outputs: int, pretrained: bool, dropout: float) -
 # the classifier pools) and of 16 px (the last before the final downsampling)
 FEATURE_MAPS = {
     "resnet18": {32: ("layer4", 512), 16: ("layer3", 256)},
-    "mobilenet_v2": {32: ("features", 1280), 16: ("features.13", 96)},
+    "mobilenet_v2": {32: ("features.18", 1280), 16: ("features.13", 96)},
     "mobilenet_v3_small": {32: ("features", 576), 16: ("features.8", 48)},
     "mobilenet_v3_large": {32: ("features", 960), 16: ("features.12", 112)},
     "efficientnet_b0": {32: ("features", 1280), 16: ("features.5", 112)},
@@ -104,7 +139,7 @@ class DefectMap(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, 1, 1)
         nn.init.zeros_(self.conv.weight)  # every cell starts at the same score,
-        nn.init.constant_(self.conv.bias, -2.0)  # near the share of defect cells
+        nn.init.constant_(self.conv.get_parameter("bias"), -2.0)  # near the share of defect cells
         self.logits: torch.Tensor | None = None
 
     def capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:

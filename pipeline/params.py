@@ -199,6 +199,7 @@ class TrainParams(_Section):
     monitor: Literal["macro_f1", "miss_rate"]  # validation metric that picks the best epoch
     patience: int = Field(ge=0, le=1000)  # early stop after this many epochs without gain
     dropout: float = Field(ge=0, le=0.9)  # before the classifier head
+    pool: Literal["avg", "gem", "max"]  # global pooling of the last feature map
     freeze_fraction: float = Field(ge=0, le=1)  # of the pretrained backbone, input end first
     freeze_stages: list[str]  # named backbone modules to freeze, e.g. [conv1, layer1]
     # data: decode once into a uint8 cache; train-time augmentation (pipeline/transforms.py)

@@ -156,7 +156,11 @@ def run(
             member = params.model_copy(update={"seed": params.seed + k})
             torch.manual_seed(member.seed)  # weight init and dropout draw from the global RNG
             model = build_model(
-                params.model, len(output_names(info)), params.pretrained, params.dropout
+                params.model,
+                len(output_names(info)),
+                params.pretrained,
+                params.dropout,
+                params.pool,
             )
             frozen = freeze_backbone(model, params.freeze_fraction)
             frozen += freeze_modules(model, params.freeze_stages)

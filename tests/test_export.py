@@ -33,7 +33,7 @@ assert BATCH not in (EXPORT_BATCH, CHECK_BATCH)
 
 
 def write_checkpoint(
-    path: Path, model_name: str, info: TaskInfo, seed: int, members: int = 1
+    path: Path, model_name: str, info: TaskInfo, seed: int, members: int = 1, pool: str = "avg"
 ) -> Path:
     """Randomly initialised (seeded) models saved as the train stage saves its best model
     (`members` of them: an ensemble, the k-th seeded seed + k)."""
@@ -42,9 +42,15 @@ def write_checkpoint(
     with torch.random.fork_rng():
         for k in range(members):
             torch.manual_seed(seed + k)
-            states.append(build_model(model_name, outputs, False, dropout=0.0).state_dict())
+            states.append(build_model(model_name, outputs, False, 0.0, pool).state_dict())
     params = load_section(REPO / "params.yaml", "train", TrainParams).model_copy(
-        update={"model": model_name, "image_size": SIZE, "pretrained": False, "ensemble": members}
+        update={
+            "model": model_name,
+            "image_size": SIZE,
+            "pretrained": False,
+            "ensemble": members,
+            "pool": pool,
+        }
     )
     save_model(path, states, params, info)
     return path
@@ -203,3 +209,30 @@ def test_an_ensemble_exports_as_one_model_giving_its_mean_scores(tmp_path: Path)
     for logits in (onnx_logits, script_logits):
         scores = to_scores(torch.from_numpy(logits), "multilabel")
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_gem_pooled_model_reloads_and_exports_with_its_learnt_power(tmp_path: Path) -> None:
+    """The checkpoint rebuilds with its GeM pooling (a strict load) and learnt power, and both
+    files give the checkpoint's logits."""
+    checkpoint = write_checkpoint(tmp_path / "gem.pt", "resnet18", MULTICLASS, 4, pool="gem")
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["state_dict"]["avgpool.p"].fill_(1.5)  # as if training had moved p from 3
+    torch.save(saved, checkpoint)
+    inputs = images(BATCH, seed=19)
+    expected = checkpoint_logits(checkpoint, inputs)
+    with torch.no_grad():
+        model = build_model("resnet18", len(MULTICLASS.classes), False, 0.0, "gem")
+        model.load_state_dict(saved["state_dict"])
+        model.get_parameter("avgpool.p").fill_(3.0)
+        at_three = model.eval()(inputs).numpy()
+    assert np.abs(expected - at_three).max() > 1e-3  # the saved p, not the initial one, is used
+    out = tmp_path / "export"
+    assert main(["export", "--model", str(checkpoint), "--out", str(out)]) == 0
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (onnx_logits,) = session.run(["logits"], {"image": np.ascontiguousarray(inputs.numpy())})
+    with torch.no_grad():
+        script_logits = torch.jit.load(str(out / "model.ts"))(inputs).numpy()
+    for logits in (onnx_logits, script_logits):
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@ for pretrained and scratch builds, and backbone freezing."""
 
 from __future__ import annotations
 
+import itertools
 from typing import get_args
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import REPO
 from torch import nn
 
 from pipeline.errors import ApexLoopError
-from pipeline.models import build_model, freeze_backbone, freeze_modules
+from pipeline.models import FEATURE_MAPS, GeM, build_model, freeze_backbone, freeze_modules
 from pipeline.params import TrainParams, load_section
 
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
@@ -110,3 +111,45 @@ def test_freezing_random_weights_is_refused() -> None:
         TrainParams.model_validate({**params, "pretrained": False, "freeze_fraction": 0.5})
     with pytest.raises(ValueError, match=r"train\.pretrained: true or train\.freeze_stages: \[\]"):
         TrainParams.model_validate({**params, "pretrained": False, "freeze_stages": ["layer1"]})
+
+
+def _pooled(name: str, pool: str, features: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """What the classifier should receive: `features` (B, C, h, w) pooled by hand."""
+    if pool == "avg":
+        return features.mean(dim=(2, 3))
+    if pool == "max":
+        return features.amax(dim=(2, 3))
+    p = next(m.p for m in model.modules() if isinstance(m, GeM))
+    return features.clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1 / p)
+
+
+@pytest.mark.parametrize("pool", ["avg", "gem", "max"])
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_the_classifier_sees_the_last_feature_map_pooled_as_asked(name: str, pool: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, 3, pretrained=False, dropout=0.0, pool=pool).eval()
+    captured: list[torch.Tensor] = []
+    feature_module = model.get_submodule(FEATURE_MAPS[name][32][0])
+    feature_module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    head_name = "fc" if name == "resnet18" else "classifier"
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, 96, 96))
+        expected = model.get_submodule(head_name)(_pooled(name, pool, captured[0], model))
+    assert captured[0].shape[-1] == 3  # 96 px / 32: several cells, so the pools differ
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gem_spans_the_average_and_the_maximum_and_learns_its_power() -> None:
+    x = torch.rand(2, 4, 5, 5)
+    gem = GeM(p=1.0)
+    torch.testing.assert_close(gem(x).flatten(1), x.mean(dim=(2, 3)))
+    pooled = []
+    for p in (1.0, 3.0, 10.0, 60.0):
+        gem.p.data.fill_(p)
+        pooled.append(gem(x).flatten(1).detach())
+    top = x.amax(dim=(2, 3))
+    assert all(bool((low <= high + 1e-6).all()) for low, high in itertools.pairwise(pooled))
+    assert bool((pooled[-1] <= top + 1e-6).all())
+    assert bool((pooled[-1] >= top * 25 ** (-1 / 60) - 1e-6).all())  # max x 25 cells**(-1/p)
+    gem(x).sum().backward()
+    assert gem.p.grad is not None and gem.p.grad.abs() > 0

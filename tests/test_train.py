@@ -72,8 +72,9 @@ def kill_after_first_saved_epoch(args: list[str], state: Path) -> None:
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(
     outputs: Path, tmp_path: Path
 ) -> None:
-    # killed after epoch 1, two epochs left to resume; the defect map's head is in the state
-    settings = {**TRAIN, "epochs": 3, "defect_map_weight": 0.5}
+    # killed after epoch 1, two epochs left to resume; the defect map's head and GeM's
+    # learnt power are in the state
+    settings = {**TRAIN, "epochs": 3, "defect_map_weight": 0.5, "pool": "gem"}
     params = write_params(tmp_path / "params.yaml", train=settings)
     reference = python(command(outputs, params, tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
@@ -91,6 +92,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(
     actual = torch.load(tmp_path / "killed/model.pt", weights_only=True)["state_dict"]
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    assert float(actual["avgpool.p"]) != 3.0  # resnet18's pool is GeM, and its power trained
     assert read_curves(tmp_path / "killed/live") == read_curves(tmp_path / "reference/live")
     # the summary (a DVC metrics file) does not show that the run was interrupted
     summaries = [
