@@ -137,14 +137,16 @@ class DefectMap(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, 1, 1)
-        nn.init.zeros_(self.conv.weight)  # every cell starts at the same score,
-        nn.init.constant_(self.conv.get_parameter("bias"), -2.0)  # near the share of defect cells
+        # a separate bias: a Conv2d bias would draw one more number from the global RNG, and
+        # every seeded run with the map (the README's figures) would train differently
+        self.conv = nn.Conv2d(channels, 1, 1, bias=False)
+        self.bias = nn.Parameter(torch.tensor(-2.0))  # starts near the share of defect cells
+        nn.init.zeros_(self.conv.weight)  # ... the same for every cell
         self.logits: torch.Tensor | None = None
 
     def capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if module.training:
-            self.logits = self.conv(output)
+            self.logits = self.conv(output) + self.bias
 
     def take(self) -> torch.Tensor:
         """The logits (B, 1, h, w) of the last training-mode forward pass, handed over once."""
