@@ -117,7 +117,8 @@ def build_model(
 
 
 # (module, channels) of each architecture's last feature map with cells of 32 px (the one
-# the classifier pools) and of 16 px (the last before the final downsampling)
+# the classifier pools) and of 16 px (the last before the final downsampling); MobileNetV2's
+# is its last block, since `features` itself ends in the pool when train.pool is not avg
 FEATURE_MAPS = {
     "resnet18": {32: ("layer4", 512), 16: ("layer3", 256)},
     "mobilenet_v2": {32: ("features.18", 1280), 16: ("features.13", 96)},

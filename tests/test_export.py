@@ -69,6 +69,17 @@ def checkpoint_logits(checkpoint: Path, inputs: torch.Tensor) -> np.ndarray:
         return np.asarray(model(inputs).numpy())
 
 
+def exported_logits(out: Path, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The logits of `inputs` from the ONNX and the TorchScript file in `out`."""
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (onnx_logits,) = session.run(["logits"], {"image": np.ascontiguousarray(inputs.numpy())})
+    with torch.no_grad():
+        script_logits = torch.jit.load(str(out / "model.ts"))(inputs).numpy()
+    return onnx_logits, script_logits
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, export folder) of a resnet18 exported to both formats by the CLI."""
@@ -200,13 +211,7 @@ def test_an_ensemble_exports_as_one_model_giving_its_mean_scores(tmp_path: Path)
         [to_scores(torch.from_numpy(checkpoint_logits(m, inputs)), "multilabel") for m in members],
         axis=0,
     )
-    session = onnxruntime.InferenceSession(
-        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    (onnx_logits,) = session.run(["logits"], {"image": np.ascontiguousarray(inputs.numpy())})
-    with torch.no_grad():
-        script_logits = torch.jit.load(str(out / "model.ts"))(inputs).numpy()
-    for logits in (onnx_logits, script_logits):
+    for logits in exported_logits(out, inputs):
         scores = to_scores(torch.from_numpy(logits), "multilabel")
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
 
@@ -228,11 +233,5 @@ def test_a_gem_pooled_model_reloads_and_exports_with_its_learnt_power(tmp_path: 
     assert np.abs(expected - at_three).max() > 1e-3  # the saved p, not the initial one, is used
     out = tmp_path / "export"
     assert main(["export", "--model", str(checkpoint), "--out", str(out)]) == 0
-    session = onnxruntime.InferenceSession(
-        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    (onnx_logits,) = session.run(["logits"], {"image": np.ascontiguousarray(inputs.numpy())})
-    with torch.no_grad():
-        script_logits = torch.jit.load(str(out / "model.ts"))(inputs).numpy()
-    for logits in (onnx_logits, script_logits):
+    for logits in exported_logits(out, inputs):
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
