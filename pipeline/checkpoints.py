@@ -77,6 +77,7 @@ def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module,
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         info = TaskInfo(checkpoint["task"], tuple(checkpoint["classes"]), checkpoint["good_class"])
         count = int(checkpoint["members"])
+        pool = checkpoint["params"].get("pool", "avg")  # avg: written before train.pool
     except pickle.UnpicklingError as exc:  # weights_only refused an object: never run it
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f" ({found[1]})" if found else ""
@@ -92,7 +93,7 @@ def load_model(path: Path, expected: TaskInfo | None = None) -> tuple[nn.Module,
             f"{path}: trained for {info.task} {list(info.classes)}, but the manifest is "
             f"{expected.task} {list(expected.classes)}; rerun train"
         )
-    outputs, pool = len(output_names(info)), checkpoint["params"].get("pool", "avg")
+    outputs = len(output_names(info))
     members = [  # dropout is inactive in eval mode; the head layout is the same
         build_model(checkpoint["model"], outputs, pretrained=False, dropout=0.0, pool=pool)
         for _ in range(count)
