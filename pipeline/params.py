@@ -220,6 +220,8 @@ class TrainParams(_Section):
     cutmix_max_ratio: float = Field(gt=0, le=1)
     defect_max_cover: float = Field(ge=0, le=1)  # defect_cutmix: most of any defect box covered
     defect_min_visible: float = Field(gt=0, le=1)  # a pasted defect counts from this box share
+    # share of good images given a defect cut from another image of their batch (needs boxes)
+    defect_paste: float = Field(ge=0, le=1)  # pipeline/defect_paste.py; 0 = off
     # optimisation
     optimizer: Literal["adamw", "sgd"]
     momentum: float = Field(ge=0, lt=1)  # sgd only (Nesterov)

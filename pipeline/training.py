@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.checkpoints import load_state, save_state
 from pipeline.datasets import AugmentedSet, EpochDraws, collate, output_names
+from pipeline.defect_paste import paste_defects
 from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
 from pipeline.inference import normalise, predict_logits, score_metrics, to_scores
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MIX_STREAM = 1_000_003  # offsets the mixing draws' seed from the sampler's
 AUGMENT_STREAM = 2_000_003  # ... and the batch augmentation's (train.augment_on: device)
+PASTE_STREAM = 3_000_017  # ... and defect copy-paste's (train.defect_paste)
 
 
 class DivergedError(ApexLoopError):
@@ -218,12 +220,13 @@ class Loop:
         self, model: nn.Module, train: Side, val: Side, params: TrainParams, job: Job
     ) -> None:
         self.params, self.job, self.val = params, job, val
-        if params.defect_map_weight and not any(len(found) for found, _ in train.boxes):
-            raise ApexLoopError(
-                f"train.defect_map_weight is {params.defect_map_weight} but no training image "
-                "has a defect box: give the defects' boxes (ingest.masks, ingest.boxes_column "
-                "or VOC files) or set train.defect_map_weight: 0"
-            )
+        for key in ("defect_map_weight", "defect_paste"):
+            if getattr(params, key) and not any(len(found) for found, _ in train.boxes):
+                raise ApexLoopError(
+                    f"train.{key} is {getattr(params, key)} but no training image has a defect "
+                    "box: give the defects' boxes (ingest.masks, ingest.boxes_column or VOC "
+                    f"files) or set train.{key}: 0"
+                )
         self.defect_map = (
             add_defect_map(model, params.model, params.defect_map_cell).to(job.device)
             if params.defect_map_weight
@@ -231,10 +234,12 @@ class Loop:
         )
         self.model = distributed.wrap(model, job.process, job.device)
         self.pool, self.sampler = balance(train.targets, params, job.info, job.process)
-        # Boxes matter only to defect-aware CutMix and the defect map: without them the samples
-        # carry none, which spares augmenting them (pipeline.transforms.augment: a third of its
-        # time at 128 px).
-        carried = params.mix == "defect_cutmix" or self.defect_map is not None
+        # Boxes matter only to defect-aware CutMix, the defect map and defect pasting: without
+        # them the samples carry none, which spares augmenting them (pipeline.transforms.augment:
+        # a third of its time at 128 px).
+        carried = (
+            params.mix == "defect_cutmix" or self.defect_map is not None or params.defect_paste > 0
+        )
         boxes = train.boxes if carried else [_NO_BOXES] * len(train.boxes)
         on_device = augment_place(params.augment_on, job.device) == "device"
         self.augment = BatchAugment.from_params(params) if on_device else None
@@ -321,10 +326,11 @@ def augment_place(setting: str, device: torch.device) -> str:
     return "device" if device.type == "cuda" else "loader"
 
 
-def augment_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
-    """The batch augmentation's draws for one rank's epoch: the same (seed, epoch, rank) always
-    gives the same stream, and ranks (each with its own shard of images) draw differently."""
-    entropy = np.random.SeedSequence([seed, AUGMENT_STREAM, epoch, rank]).generate_state(1)
+def rank_generator(stream: int, seed: int, epoch: int, rank: int) -> torch.Generator:
+    """One rank's draws of an epoch for a per-batch random step (`stream`: AUGMENT_STREAM,
+    PASTE_STREAM): the same (stream, seed, epoch, rank) always gives the same draws, and ranks
+    (each with its own shard of images) draw differently."""
+    entropy = np.random.SeedSequence([seed, stream, epoch, rank]).generate_state(1)
     return torch.Generator().manual_seed(int(entropy[0]))
 
 
@@ -391,16 +397,27 @@ def _known_maps(targets: torch.Tensor, boxes: list[torch.Tensor], good: int | No
 
 
 def _inputs(
-    loop: Loop, batch: tuple[Any, ...], mixing: torch.Generator, augmenting: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Normalised images, the loss targets and (with a defect map) the defect maps of a
-    batch (see defect_maps), augmented on the device when train.augment_on says so, then
-    mixed per params.mix: the maps ride along as extra channels, so that CutMix pastes and
-    MixUp blends them with their pixels."""
+    loop: Loop,
+    batch: tuple[Any, ...],
+    mixing: torch.Generator,
+    augmenting: torch.Generator,
+    pasting: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Normalised images, the loss targets, (with a defect map) the defect maps of a batch
+    (see defect_maps) and each image's own label: augmented on the device when
+    train.augment_on says so, given defects per train.defect_paste, then mixed per
+    params.mix: the maps ride along as extra channels, so that CutMix pastes and MixUp blends
+    them with their pixels."""
     images, targets, boxes, labels = batch
     device, info = loop.job.device, loop.job.info
     if loop.augment is not None:
         images, boxes = loop.augment(images.to(device, non_blocking=True), boxes, augmenting)
+    if loop.params.defect_paste:
+        pasted = paste_defects(
+            images, targets, boxes, labels, loop.good, loop.params.defect_paste, pasting
+        )
+        images, targets = pasted.images, pasted.targets
+        boxes, labels = pasted.boxes, pasted.box_labels
     x = normalise(images, device)  # (B, 3, S, S) float, channels_last
     channels = x.shape[1]
     if loop.defect_map is not None:
@@ -414,7 +431,7 @@ def _inputs(
         mixed = mix_batch(x, soft, boxes, labels, info.task, loop.good, loop.mix, mixing)
         x, y = mixed.images, mixed.targets.to(device, non_blocking=True)
     maps = x[:, channels:] if loop.defect_map is not None else None
-    return x[:, :channels].contiguous(memory_format=torch.channels_last), y, maps
+    return x[:, :channels].contiguous(memory_format=torch.channels_last), y, maps, targets
 
 
 def _step(
@@ -447,11 +464,14 @@ def _step(
 
 def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
     """One epoch on this rank's shard; returns the mean loss and the metrics of its batches
-    scored against each image's own (unmixed) label. A loss that became NaN or infinite in
-    any batch stops the run once the epoch is done (the host reads the losses once)."""
+    scored against each image's own label (after pasting, before mixing). A loss that became
+    NaN or infinite in any batch stops the run once the epoch is done (the host reads the
+    losses once)."""
     loop.model.train()
     mixing = epoch_generator(loop.params.seed + MIX_STREAM, epoch)
-    augmenting = augment_generator(loop.params.seed, epoch, loop.job.process.rank)
+    rank = loop.job.process.rank
+    augmenting = rank_generator(AUGMENT_STREAM, loop.params.seed, epoch, rank)
+    pasting = rank_generator(PASTE_STREAM, loop.params.seed, epoch, rank)
     losses, all_logits, all_targets = [], [], []
     batches = tqdm(
         loop.loader(epoch),
@@ -461,11 +481,11 @@ def train_epoch(loop: Loop, epoch: int) -> tuple[float, dict[str, Any]]:
         disable=None if loop.job.process.is_main else True,  # None: only on a terminal
     )
     for batch in batches:
-        x, y, maps = _inputs(loop, batch, mixing, augmenting)
+        x, y, maps, own = _inputs(loop, batch, mixing, augmenting, pasting)
         loss, logits = _step(loop, x, y, maps)
         losses.append(loss)
         all_logits.append(logits)
-        all_targets.append(batch[1])
+        all_targets.append(own)
     per_batch = torch.stack(losses).double().cpu()  # (steps,)
     broken = torch.nonzero(~torch.isfinite(per_batch)).flatten().tolist()
     if broken:

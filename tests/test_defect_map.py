@@ -24,13 +24,15 @@ from pipeline.models import (
 from pipeline.params import TrainParams, load_section
 from pipeline.samplers import epoch_generator
 from pipeline.training import (
+    AUGMENT_STREAM,
+    PASTE_STREAM,
     Job,
     Loop,
     Side,
     _inputs,
-    augment_generator,
     defect_map_loss,
     defect_maps,
+    rank_generator,
 )
 
 MULTICLASS = TaskInfo("multiclass", ("good", "scratch"), "good")
@@ -83,11 +85,20 @@ def _boxed(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (box, torch.tensor([1])) if i % 2 else NONE
 
 
+def _generators() -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+    """_inputs' mixing, augmentation and pasting generators of epoch 1."""
+    return (
+        epoch_generator(5, 1),
+        rank_generator(AUGMENT_STREAM, 7, 1, 0),
+        rank_generator(PASTE_STREAM, 7, 1, 0),
+    )
+
+
 def test_cutmix_pastes_each_map_with_its_pixels() -> None:
     boxes = [_boxed(i) for i in range(8)]
     loop = _loop(boxes, mix="cutmix", mix_prob=1.0)
     batch = next(iter(loop.loader(1)))
-    x, _, maps = _inputs(loop, batch, epoch_generator(5, 1), augment_generator(7, 1, 0))
+    x, _, maps, _ = _inputs(loop, batch, *_generators())
     assert x.shape == (8, 3, SIZE, SIZE) and maps is not None and maps.shape == (8, 2, SIZE, SIZE)
     # every pixel is its own image's or its partner's; its map value must be that image's
     values = normalise(batch[0], CPU)[:, 0, 0, 0]  # (B,) each unmixed image's one value
@@ -103,7 +114,7 @@ def test_a_defective_image_without_boxes_has_an_unknown_map() -> None:
     boxes = [_boxed(i) if i != 3 else NONE for i in range(8)]
     loop = _loop(boxes, mix="none")
     batch = next(iter(loop.loader(1)))
-    _, _, maps = _inputs(loop, batch, epoch_generator(5, 1), augment_generator(7, 1, 0))
+    _, _, maps, _ = _inputs(loop, batch, *_generators())
     assert maps is not None
     known = maps[:, 1, 0, 0].tolist()
     shown = [index for _, _, index in loop.draws]
@@ -157,3 +168,25 @@ def test_the_map_trains_the_backbone_and_stays_out_of_the_classifier(cell: int, 
 def test_a_defect_map_without_any_box_is_a_clear_error() -> None:
     with pytest.raises(ApexLoopError, match=r"train\.defect_map_weight is 1\.0 but no training"):
         _loop([NONE] * 8, mix="none")
+
+
+def test_a_pasted_defect_gets_its_label_and_its_place_on_the_map() -> None:
+    boxes = [_boxed(i) for i in range(8)]
+    loop = _loop(boxes, mix="none", defect_paste=1.0)
+    batch = next(iter(loop.loader(1)))
+    x, y, maps, own = _inputs(loop, batch, *_generators())
+    assert maps is not None and torch.equal(y, own)
+    # every good image got a defect: it is labelled defective, and its map marks a box of the
+    # source's size (16 x 28 px, see _boxed; pasted at whole-pixel offsets). These images
+    # are flat, so the pasted pixels, brought to the receiver's level, change nothing.
+    assert batch[1].tolist().count(0) == 4 and own.tolist() == [1] * 8
+    for i in range(8):
+        marked = maps[i, 0] > 0
+        assert int(marked.sum()) == 16 * 28
+        assert int(marked.any(dim=1).sum()) == 28 and int(marked.any(dim=0).sum()) == 16
+    assert torch.equal(x, normalise(batch[0], CPU))
+
+
+def test_defect_paste_without_any_box_is_an_error_naming_the_param() -> None:
+    with pytest.raises(ApexLoopError, match=r"train\.defect_paste is 0\.5 but no training"):
+        _loop([NONE] * 8, defect_map_weight=0.0, defect_paste=0.5)

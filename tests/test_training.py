@@ -23,11 +23,12 @@ from pipeline.models import DEFECT_MAP, build_model
 from pipeline.params import TrainParams, load_section
 from pipeline.samplers import ShuffleEpochSampler, WeightedEpochSampler
 from pipeline.training import (
+    AUGMENT_STREAM,
+    PASTE_STREAM,
     EpochLog,
     Job,
     Loop,
     Side,
-    augment_generator,
     augment_place,
     balance,
     build_criterion,
@@ -35,6 +36,7 @@ from pipeline.training import (
     build_scheduler,
     loader_workers,
     monitored,
+    rank_generator,
     sample_classes,
 )
 from pipeline.transforms import BatchAugment
@@ -318,12 +320,12 @@ def test_augmenting_on_the_device_leaves_the_loader_plain_images() -> None:
     assert isinstance(seen["device"][0], BatchAugment) and seen["device"][1]
 
 
-def test_batch_augmentation_draws_anew_per_epoch_and_per_rank() -> None:
-    def draws(seed: int, epoch: int, rank: int) -> torch.Tensor:
-        return torch.rand(8, generator=augment_generator(seed, epoch, rank))
+def test_per_batch_draws_are_new_per_epoch_rank_and_stream() -> None:
+    def draws(seed: int, epoch: int, rank: int, stream: int = AUGMENT_STREAM) -> torch.Tensor:
+        return torch.rand(8, generator=rank_generator(stream, seed, epoch, rank))
 
     assert torch.equal(draws(7, 3, 0), draws(7, 3, 0))
-    others = [draws(7, 4, 0), draws(7, 3, 1), draws(8, 3, 0)]
+    others = [draws(7, 4, 0), draws(7, 3, 1), draws(8, 3, 0), draws(7, 3, 0, PASTE_STREAM)]
     assert all(not torch.equal(draws(7, 3, 0), other) for other in others)
 
 
