@@ -63,6 +63,12 @@ def targets(rows: Sequence[dict[str, Any]], info: TaskInfo) -> torch.Tensor:
     return hot
 
 
+def good_rows(targets: torch.Tensor, good_index: int | None) -> torch.Tensor:
+    """bool (N,): which of `targets` (as `targets` gives them) are good images: the good
+    class's index (multiclass, `good_index` its output), no label at all (multilabel, None)."""
+    return targets == good_index if good_index is not None else targets.sum(dim=1) == 0
+
+
 class DatasetError(ApexLoopError):
     """Rows, boxes or cache settings that cannot make a training set; the message says which."""
 

@@ -29,6 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torchvision.ops import box_area
+
+from pipeline.datasets import good_rows
 
 MARGIN_MIN = 3.0  # px of the source image kept around a defect box, at least
 MARGIN_SHARE = 0.25  # ... or this share of the box's longer side
@@ -71,11 +74,11 @@ def paste_defects(
     out_boxes = [found.to(torch.float32, copy=True) for found in boxes]
     out_labels = [found.to(torch.int64, copy=True) for found in box_labels]
     sources = [
-        [int(k) for k in torch.nonzero(_areas(found) > 0).flatten()] for found in out_boxes
+        [int(k) for k in torch.nonzero(box_area(found) > 0).flatten()] for found in out_boxes
     ]  # per image, its boxes of positive area
     # images with a defect box to give: never a good one, so never the image receiving
     givers = [j for j in range(count) if sources[j]]
-    is_good = targets == good_index if good_index is not None else targets.sum(dim=1) == 0
+    is_good = good_rows(targets, good_index)
     for i, (apply, which, pick, down, across) in enumerate(draws):
         if not is_good[i] or apply >= share or not givers:
             continue
@@ -121,11 +124,6 @@ def _paste_one(
     out[target, :, rows, columns] = blended.to(images.dtype)
     shift = torch.tensor([left - x0, top - y0, left - x0, top - y0], dtype=torch.float32)
     return box.float() + shift
-
-
-def _areas(boxes: torch.Tensor) -> torch.Tensor:
-    """(n,) areas of XYXY boxes (n, 4); 0 for an empty or inverted box."""
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
 def _cut(box: list[float], height: int, width: int) -> tuple[int, int, int, int]:

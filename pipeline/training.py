@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.checkpoints import load_state, save_state
-from pipeline.datasets import AugmentedSet, EpochDraws, collate, output_names
+from pipeline.datasets import AugmentedSet, EpochDraws, collate, good_rows, output_names
 from pipeline.defect_paste import paste_defects
 from pipeline.distributed import Process
 from pipeline.errors import ApexLoopError
@@ -392,8 +392,7 @@ def defect_map_loss(logits: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
 
 def _known_maps(targets: torch.Tensor, boxes: list[torch.Tensor], good: int | None) -> torch.Tensor:
     """(B,) bool: whether an image's defect map is known: it has boxes, or it is good."""
-    good_images = targets == good if good is not None else targets.sum(dim=1) == 0
-    return good_images.cpu() | torch.tensor([len(found) > 0 for found in boxes])
+    return good_rows(targets, good).cpu() | torch.tensor([len(found) > 0 for found in boxes])
 
 
 def _inputs(
