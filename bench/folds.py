@@ -17,6 +17,7 @@ recall per class. One fold's runs differ by several points: compare arms by the 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -49,10 +50,12 @@ RECOMMENDED: dict[str, Any] = {  # README's magnetic_tile settings, at 160 px to
 
 
 def parse_arm(text: str) -> tuple[str, dict[str, Any]]:
-    """NAME[:key=value,...] -> (name, train params changes; values parsed as YAML)."""
+    """NAME[:key=value,...] -> (name, train params changes): the key=values read as one YAML
+    flow mapping, so a value may be a list or mapping, e.g.
+    `pair:ensemble=2,member_overrides=[{},{defect_paste=0.3}]`."""
     name, _, changes = text.partition(":")
-    pairs = [item.partition("=") for item in changes.split(",") if item]
-    return name, {key: yaml.safe_load(value) for key, _, value in pairs}
+    mapping = re.sub(r"(^|[,{])\s*([\w.]+)=", r"\1\2: ", changes)
+    return name, yaml.safe_load("{" + mapping + "}")
 
 
 def section(name: str) -> dict[str, Any]:

@@ -230,6 +230,8 @@ class TrainParams(_Section):
     grad_clip: float = Field(ge=0, le=1000)  # max gradient norm; 0 = off
     ema_decay: float = Field(ge=0, lt=1)  # exponential moving average of weights; 0 = off
     ensemble: int = Field(ge=1, le=32)  # members trained with seeds seed, seed + 1, ...; averaged
+    # [] (members alike) or one mapping per member of the train keys it trains with instead
+    member_overrides: list[dict[str, Any]]
     # class imbalance (pipeline/samplers.py, pipeline/losses.py)
     sampler: Literal["none", "weighted"]
     sampler_mode: Literal["inv", "sqrt", "effective_num"]
@@ -268,6 +270,59 @@ class TrainParams(_Section):
                 f"({self.epochs})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_members(self) -> TrainParams:
+        if not self.member_overrides:
+            return self
+        if len(self.member_overrides) != self.ensemble:
+            raise ValueError(
+                f"train.member_overrides has {len(self.member_overrides)} entries for "
+                f"train.ensemble {self.ensemble} members: give one mapping per member ({{}} for "
+                "a member with the shared settings), or [] for members alike"
+            )
+        for k in range(self.ensemble):
+            self.member(k)  # each member's settings are valid train params
+        return self
+
+    def member(self, k: int) -> TrainParams:
+        """What ensemble member k trains with: these params with seed + k, changed by its
+        entry of member_overrides (which may set its seed too)."""
+        where = f"train.member_overrides[{k}]"
+        changes = self.member_overrides[k] if self.member_overrides else {}
+        shared = sorted(set(changes) & set(MEMBERS_SHARE))
+        if shared:
+            raise ValueError(
+                f"{where} sets {shared}: every member shares {', '.join(MEMBERS_SHARE)} "
+                "(one saved model of one input size; members' epochs laid end to end)"
+            )
+        settings = {
+            **self.model_dump(),
+            "seed": self.seed + k,
+            **changes,
+            "member_overrides": [],
+        }
+        try:
+            return TrainParams.model_validate(settings)
+        except ValidationError as exc:
+            lines = [_describe(dict(err), TrainParams, where) for err in exc.errors()]
+            raise ValueError("\n  ".join(lines)) from None
+
+
+# Train keys an ensemble member cannot change: the saved model's shape and input, the members'
+# shared epoch axis, the ensemble itself, and where the run happens.
+MEMBERS_SHARE = (
+    "model",
+    "image_size",
+    "pool",
+    "epochs",
+    "ensemble",
+    "member_overrides",
+    "device",
+    "amp",
+    "num_workers",
+    "decode_cache",
+)
 
 
 class EvaluateParams(_Section):

@@ -152,18 +152,18 @@ def run(
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False) if process.is_main else None
         code = [*code_files(), Path(__file__)]
         results, frozen = [], 0
-        for k in range(params.ensemble):  # member k: seed + k; member 0 is the single model
-            member = params.model_copy(update={"seed": params.seed + k})
+        for k in range(params.ensemble):  # member 0 is the single model
+            member = params.member(k)
             torch.manual_seed(member.seed)  # weight init and dropout draw from the global RNG
             model = build_model(
-                params.model,
+                member.model,
                 len(output_names(info)),
-                params.pretrained,
-                params.dropout,
-                params.pool,
+                member.pretrained,
+                member.dropout,
+                member.pool,
             )
-            frozen = freeze_backbone(model, params.freeze_fraction)
-            frozen += freeze_modules(model, params.freeze_stages)
+            frozen = freeze_backbone(model, member.freeze_fraction)
+            frozen += freeze_modules(model, member.freeze_stages)
             job = Job(
                 info,
                 device,

@@ -121,3 +121,47 @@ def test_malformed_and_missing_files(tmp_path: Path) -> None:
         load_params(bad)
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "absent.yaml")
+
+
+def with_members(tmp_path: Path, overrides: list[dict[str, Any]], ensemble: int = 2) -> Path:
+    data = repo_params()
+    data["train"].update(ensemble=ensemble, member_overrides=overrides)
+    return write(tmp_path, data)
+
+
+def test_each_member_trains_with_its_seed_and_its_overrides(tmp_path: Path) -> None:
+    path = with_members(tmp_path, [{}, {"defect_paste": 0.3, "lr": "2e-3"}, {"seed": 40}], 3)
+    params = load_section(path, "train", TrainParams)
+    first, second, third = (params.member(k) for k in range(3))
+    assert (first.seed, second.seed, third.seed) == (params.seed, params.seed + 1, 40)
+    assert (first.defect_paste, second.defect_paste, third.defect_paste) == (0.0, 0.3, 0.0)
+    assert second.lr == 0.002 and first.lr == third.lr == params.lr  # validated, coerced
+    # a member is a plain model's settings: the one with no override is the single model's
+    assert first == params.model_copy(update={"ensemble": 3, "member_overrides": []})
+    alike = load_section(with_members(tmp_path, []), "train", TrainParams)
+    assert [alike.member(k).seed for k in range(2)] == [alike.seed, alike.seed + 1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([{}], r"has 1 entries for train\.ensemble 2 members"),
+        (
+            [{}, {"defect_past": 0.3}],
+            r"unknown key 'train\.member_overrides\[1\]\.defect_past' "
+            r"\(did you mean 'train\.member_overrides\[1\]\.defect_paste'\?\)",
+        ),
+        (
+            [{}, {"defect_paste": 3}],
+            r"'train\.member_overrides\[1\]\.defect_paste' \(got 3\).*"
+            r"0 <= value <= 1",
+        ),
+        ([{"image_size": 96}, {}], r"train\.member_overrides\[0\] sets \['image_size'\]"),
+        ([{}, {"cutmix_min_ratio": 0.9}], r"train\.member_overrides\[1\]: train\.cutmix_min_ratio"),
+    ],
+)
+def test_bad_member_overrides_name_the_member_and_key(
+    tmp_path: Path, overrides: list[dict[str, Any]], expected: str
+) -> None:
+    with pytest.raises(ParamsError, match=expected):
+        load_section(with_members(tmp_path, overrides), "train", TrainParams)

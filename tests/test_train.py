@@ -203,3 +203,27 @@ def test_an_ensemble_adds_seeded_members_to_the_single_model(outputs: Path, tmp_
     assert evaluate.returncode == 0, evaluate.stderr
     val = json.loads((tmp_path / "evaluate/metrics").read_text())["val"]
     assert {key: val[key] for key in summary["val"]} == summary["val"]
+
+
+@pytest.mark.parametrize("outputs", [False], indirect=True)
+def test_an_ensemble_member_trains_as_a_single_model_with_its_overrides(
+    outputs: Path, tmp_path: Path
+) -> None:
+    quick = {**TRAIN, "epochs": 1}
+    changed = {"lr": 0.01, "mix": "mixup", "dropout": 0.0}
+    overrides = [{}, changed]
+    pair = write_params(
+        tmp_path / "pair.yaml", train={**quick, "ensemble": 2, "member_overrides": overrides}
+    )
+    run = python(command(outputs, pair, tmp_path / "pair"))
+    assert run.returncode == 0, run.stderr
+    seed = yaml.safe_load(pair.read_text())["train"]["seed"]
+    for k, train in enumerate([quick, {**quick, **changed, "seed": seed + 1}]):
+        alone = write_params(tmp_path / f"alone{k}.yaml", train=train)
+        run = python(command(outputs, alone, tmp_path / f"alone{k}"))
+        assert run.returncode == 0, run.stderr
+    saved = torch.load(tmp_path / "pair/model.pt", weights_only=True)
+    assert saved["params"]["member_overrides"] == overrides
+    for k, member in enumerate(members(saved)):
+        single = torch.load(tmp_path / f"alone{k}/model.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(member[key], single[key]) for key in single), k
