@@ -117,10 +117,14 @@ def _summary(result: FitResult, params: TrainParams, extra: dict[str, Any]) -> d
 
 
 def _ensemble_summary(
-    results: list[FitResult], val: dict[str, Any], params: TrainParams, extra: dict[str, Any]
+    results: list[FitResult],
+    frozen: list[int],
+    val: dict[str, Any],
+    params: TrainParams,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """The saved ensemble's val figures, and each member's best epoch and val macro-F1 (by
-    member number from 1: `dvc exp show` makes a column of each)."""
+    """The saved ensemble's val figures, and each member's best epoch, val macro-F1 and
+    frozen tensors (by member number from 1: `dvc exp show` makes a column of each)."""
     return {
         "members": len(results),
         "monitor": params.monitor,
@@ -130,6 +134,7 @@ def _ensemble_summary(
                 "best_epoch": result.best.epoch,
                 "epochs_run": len(result.history),
                 "val_macro_f1": result.best.val_macro_f1,
+                "frozen_tensors": frozen[k],
             }
             for k, result in enumerate(results)
         },
@@ -151,7 +156,8 @@ def run(
         val = side(rows, "val", info, root, params, state / "decoded")
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False) if process.is_main else None
         code = [*code_files(), Path(__file__)]
-        results, frozen = [], 0
+        results: list[FitResult] = []
+        frozen: list[int] = []  # per member: members may freeze differently
         for k in range(params.ensemble):  # member 0 is the single model
             member = params.member(k)
             torch.manual_seed(member.seed)  # weight init and dropout draw from the global RNG
@@ -162,8 +168,10 @@ def run(
                 member.dropout,
                 member.pool,
             )
-            frozen = freeze_backbone(model, member.freeze_fraction)
-            frozen += freeze_modules(model, member.freeze_stages)
+            frozen.append(
+                freeze_backbone(model, member.freeze_fraction)
+                + freeze_modules(model, member.freeze_stages)
+            )
             job = Job(
                 info,
                 device,
@@ -175,11 +183,10 @@ def run(
             results.append(fit(place_model(model, device), train, val, member, job))
         extra = {
             "train_images": len(train.images),
-            "frozen_tensors": frozen,
             "device": device.type,
             "processes": process.world_size,
         }
-        summary = _summary(results[0], params, extra)
+        summary = _summary(results[0], params, {**extra, "frozen_tensors": frozen[0]})
         if live is not None:
             save_model(model_out, [result.state for result in results], params, info)
             if len(results) > 1:
@@ -187,7 +194,7 @@ def run(
                 setting = (params.batch_size, device)
                 scores = predict_scores(ensemble, val.images, setting, info.task, "none")
                 figures = score_metrics(scores, val.targets, info, 0.5)
-                summary = _ensemble_summary(results, figures, params, extra)
+                summary = _ensemble_summary(results, frozen, figures, params, extra)
             history = [
                 {**asdict(entry), "epoch": _step(k, entry.epoch, params)}
                 for k, result in enumerate(results)

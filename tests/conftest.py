@@ -19,6 +19,7 @@ from hypothesis import settings
 from pipeline import synth
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = REPO.parent / "shared" / "weights"  # torchvision's cache: TORCH_HOME
 
 # The suite is a gate: property tests draw the same examples on every run (a failure found
 # once is found again). HYPOTHESIS_PROFILE=explore searches afresh with more examples.

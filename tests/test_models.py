@@ -8,14 +8,13 @@ from typing import get_args
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, SHARED_WEIGHTS
 from torch import nn
 
 from pipeline.errors import ApexLoopError
 from pipeline.models import FEATURE_MAPS, GeM, build_model, freeze_backbone, freeze_modules
 from pipeline.params import TrainParams, load_section
 
-SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
 ARCHITECTURES = get_args(TrainParams.model_fields["model"].annotation)
 
 

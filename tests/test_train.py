@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import REPO, read_curves, write_params
+from conftest import REPO, SHARED_WEIGHTS, read_curves, write_params
 
 from pipeline.checkpoints import code_files, fingerprint
 from pipeline.params import TrainParams
@@ -207,10 +207,17 @@ def test_an_ensemble_adds_seeded_members_to_the_single_model(outputs: Path, tmp_
 
 @pytest.mark.parametrize("outputs", [False], indirect=True)
 def test_an_ensemble_member_trains_as_a_single_model_with_its_overrides(
-    outputs: Path, tmp_path: Path
+    outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    quick = {**TRAIN, "epochs": 1}
-    changed = {"lr": 0.01, "mix": "mixup", "dropout": 0.0}
+    monkeypatch.setenv("TORCH_HOME", str(SHARED_WEIGHTS))  # member 2: pretrained, half frozen
+    quick = {**TRAIN, "epochs": 1, "model": "mobilenet_v2"}
+    changed = {
+        "lr": 0.01,
+        "mix": "mixup",
+        "dropout": 0.0,
+        "pretrained": True,
+        "freeze_fraction": 0.5,
+    }
     overrides = [{}, changed]
     pair = write_params(
         tmp_path / "pair.yaml", train={**quick, "ensemble": 2, "member_overrides": overrides}
@@ -224,6 +231,10 @@ def test_an_ensemble_member_trains_as_a_single_model_with_its_overrides(
         assert run.returncode == 0, run.stderr
     saved = torch.load(tmp_path / "pair/model.pt", weights_only=True)
     assert saved["params"]["member_overrides"] == overrides
+    summary = json.loads((tmp_path / "pair/live/metrics.json").read_text())
     for k, member in enumerate(members(saved)):
         single = torch.load(tmp_path / f"alone{k}/model.pt", weights_only=True)["state_dict"]
         assert all(torch.equal(member[key], single[key]) for key in single), k
+        alone = json.loads((tmp_path / f"alone{k}/live/metrics.json").read_text())
+        assert summary["member"][str(k + 1)]["frozen_tensors"] == alone["frozen_tensors"], k
+    assert summary["member"]["1"]["frozen_tensors"] < summary["member"]["2"]["frozen_tensors"]

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import read_curves
+from conftest import SHARED_WEIGHTS, read_curves
 
 from pipeline.checkpoints import save_state
 from pipeline.datasets import output_names
 from pipeline.manifest import read_manifest
 from pipeline.models import WeightsMissingError, build_model
 from pipeline.operating import Thresholds
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
 
 
 def test_checkpoint_loads_safely_and_carries_its_params(outputs: Path) -> None:
