@@ -209,6 +209,7 @@ class TrainParams(_Section):
     vflip: bool
     rotate_degrees: float = Field(ge=0, le=180)
     crop_scale_min: float = Field(gt=0, le=1)  # RandomResizedCrop's smallest area share; 1 = off
+    relabel_hidden: bool  # a defect whose boxes augmentation moved out of view no longer counts
     color_jitter: float = Field(ge=0, le=1)  # brightness/contrast/saturation strength; 0 = off
     # per image in the DataLoader (Pillow) or per batch on the training device (tensor ops)
     augment_on: Literal["auto", "loader", "device"]  # auto: device on CUDA, loader on CPU

@@ -38,7 +38,7 @@ from pipeline.samplers import (
     sample_weights,
     upsample_indices,
 )
-from pipeline.transforms import BatchAugment, build_augment
+from pipeline.transforms import BatchAugment, build_augment, drop_hidden_defects
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,12 @@ class Loop:
         self, model: nn.Module, train: Side, val: Side, params: TrainParams, job: Job
     ) -> None:
         self.params, self.job, self.val = params, job, val
-        for key in ("defect_map_weight", "defect_paste"):
-            if getattr(params, key) and not any(len(found) for found, _ in train.boxes):
+        for key, off in (("defect_map_weight", 0), ("defect_paste", 0), ("relabel_hidden", False)):
+            if getattr(params, key) != off and not any(len(found) for found, _ in train.boxes):
                 raise ApexLoopError(
                     f"train.{key} is {getattr(params, key)} but no training image has a defect "
                     "box: give the defects' boxes (ingest.masks, ingest.boxes_column or VOC "
-                    f"files) or set train.{key}: 0"
+                    f"files) or set train.{key}: {str(off).lower()}"
                 )
         self.defect_map = (
             add_defect_map(model, params.model, params.defect_map_cell).to(job.device)
@@ -234,11 +234,14 @@ class Loop:
         )
         self.model = distributed.wrap(model, job.process, job.device)
         self.pool, self.sampler = balance(train.targets, params, job.info, job.process)
-        # Boxes matter only to defect-aware CutMix, the defect map and defect pasting: without
-        # them the samples carry none, which spares augmenting them (pipeline.transforms.augment:
-        # a third of its time at 128 px).
+        # Boxes matter only to defect-aware CutMix, the defect map, defect pasting and
+        # relabelling hidden defects: without them the samples carry none, which spares
+        # augmenting them (pipeline.transforms.augment: a third of its time at 128 px).
         carried = (
-            params.mix == "defect_cutmix" or self.defect_map is not None or params.defect_paste > 0
+            params.mix == "defect_cutmix"
+            or self.defect_map is not None
+            or params.defect_paste > 0
+            or params.relabel_hidden
         )
         boxes = train.boxes if carried else [_NO_BOXES] * len(train.boxes)
         on_device = augment_place(params.augment_on, job.device) == "device"
@@ -404,13 +407,16 @@ def _inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Normalised images, the loss targets, (with a defect map) the defect maps of a batch
     (see defect_maps) and each image's own label: augmented on the device when
-    train.augment_on says so, given defects per train.defect_paste, then mixed per
+    train.augment_on says so, relabelled per train.relabel_hidden, given defects per
+    train.defect_paste, then mixed per
     params.mix: the maps ride along as extra channels, so that CutMix pastes and MixUp blends
     them with their pixels."""
     images, targets, boxes, labels = batch
     device, info = loop.job.device, loop.job.info
     if loop.augment is not None:
         images, boxes = loop.augment(images.to(device, non_blocking=True), boxes, augmenting)
+    if loop.params.relabel_hidden:
+        targets = drop_hidden_defects(targets, boxes, labels, loop.good)
     if loop.params.defect_paste:
         pasted = paste_defects(
             images, targets, boxes, labels, loop.good, loop.params.defect_paste, pasting

@@ -117,6 +117,35 @@ def augment(
     return _planes(out_image), out_boxes.as_subclass(torch.Tensor)
 
 
+def drop_hidden_defects(
+    targets: torch.Tensor,
+    boxes: list[torch.Tensor],
+    box_labels: list[torch.Tensor],
+    good_index: int | None,
+) -> torch.Tensor:
+    """The targets of an augmented batch once defects out of view no longer count
+    (train.relabel_hidden): a defect that has boxes, none of them with a pixel (area >= 1)
+    left on the canvas after augmentation (a crop or rotation moved them out; augmentation
+    clamps such a box to zero area), is gone from its image. Multiclass (targets int64 (B,),
+    good_index the good class's output): the image becomes good. Multilabel (float (B, L),
+    good_index None): that label becomes 0. A defect without boxes, or with any box still in
+    view, keeps its label. boxes[i] float (n_i, 4) XYXY, box_labels[i] int64 (n_i,) output
+    indices. Returns a new tensor; the inputs are never written to."""
+    out = targets.clone()
+    for row, (found, labels) in enumerate(zip(boxes, box_labels, strict=True)):
+        if not len(found):
+            continue
+        found, labels = found.detach().cpu(), labels.cpu()
+        sides = (found[:, 2:] - found[:, :2]).clamp(min=0)  # (n, 2) width, height
+        shown = set(labels[sides.prod(dim=1) >= 1].tolist())
+        hidden = set(labels.tolist()) - shown
+        if good_index is None:
+            out[row, sorted(hidden)] = 0
+        elif int(targets[row]) in hidden:
+            out[row] = good_index
+    return out
+
+
 def _planes(image: Image.Image) -> torch.Tensor:
     """uint8 (3, S, S) of an RGB or grey PIL image (the grey plane three times); an RGB image's
     is a view of its (S, S, 3) pixels: batching stacks it into a contiguous batch."""

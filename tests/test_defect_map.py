@@ -190,3 +190,31 @@ def test_a_pasted_defect_gets_its_label_and_its_place_on_the_map() -> None:
 def test_defect_paste_without_any_box_is_an_error_naming_the_param() -> None:
     with pytest.raises(ApexLoopError, match=r"train\.defect_paste is 0\.5 but no training"):
         _loop([NONE] * 8, defect_map_weight=0.0, defect_paste=0.5)
+
+
+@pytest.mark.parametrize("relabel", [False, True])
+def test_a_defect_moved_out_of_view_turns_good_when_relabelling(relabel: bool) -> None:
+    """Image 1's only box has no area left (as augmentation leaves a box it moved out of
+    view); image 3's is in view. Relabelling makes image 1 good, with a known, empty map."""
+    boxes = [_boxed(i) for i in range(8)]
+    boxes[1] = (torch.tensor([[SIZE, 2.0, SIZE, 30.0]]), torch.tensor([1]))  # zero width
+    loop = _loop(boxes, mix="none", relabel_hidden=relabel)
+    batch = next(iter(loop.loader(1)))
+    order = [index for _, _, index in loop.draws]
+    _, y, maps, own = _inputs(loop, batch, *_generators())
+    assert maps is not None and torch.equal(y, own)
+    labels = dict(zip(order, own.tolist(), strict=True))
+    assert labels == {i: 0 if relabel and i == 1 else i % 2 for i in range(8)}
+    first = order.index(1)
+    assert not maps[first, 0].any() and maps[first, 1].all()  # no defect pixel, map known
+    assert maps[order.index(3), 0].any()
+    assert torch.equal(batch[1], torch.tensor([i % 2 for i in order]))  # the batch untouched
+
+
+def test_relabelling_without_any_box_is_an_error_naming_the_param() -> None:
+    with pytest.raises(
+        ApexLoopError,
+        match=r"train\.relabel_hidden is True but no training.*"
+        r"set train\.relabel_hidden: false",
+    ):
+        _loop([NONE] * 8, defect_map_weight=0.0, relabel_hidden=True)

@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from pipeline.params import TrainParams, load_section
-from pipeline.transforms import BatchAugment, augment, build_augment
+from pipeline.transforms import BatchAugment, augment, build_augment, drop_hidden_defects
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -174,6 +174,32 @@ def test_boxes_pushed_out_of_view_stay_with_zero_area() -> None:
         width, height = out_boxes[0, 2] - out_boxes[0, 0], out_boxes[0, 3] - out_boxes[0, 1]
         areas.append(float(width * height))
     assert min(areas) == 0.0  # the corner box was cropped away at least once, and kept
+
+
+def test_a_defect_with_every_box_out_of_view_is_dropped_and_nothing_else() -> None:
+    gone = torch.tensor([[32.0, 4.0, 32.0, 9.0]])  # clamped to zero width at the edge
+    sliver = torch.tensor([[31.0, 4.0, 32.0, 5.0]])  # one pixel still in view
+    boxes = [gone, torch.cat([gone, sliver]), gone, torch.zeros((0, 4)), gone]
+    labels = [
+        torch.tensor([1]),
+        torch.tensor([2, 2]),
+        torch.tensor([2]),
+        torch.zeros(0),
+        torch.tensor([1]),
+    ]
+    labels = [found.long() for found in labels]
+    # multiclass: image 0 had a hidden defect; 1 shows a sliver of one; 2's box is another
+    # class's than its label (kept: its own defect has no box); 3 has no boxes; 4 is good
+    classes = torch.tensor([1, 2, 1, 2, 0])
+    out = drop_hidden_defects(classes, boxes, labels, good_index=0)
+    assert out.tolist() == [0, 2, 1, 2, 0] and classes.tolist() == [1, 2, 1, 2, 0]
+    # multilabel over labels 0-2: only a label whose every box is hidden goes
+    hot = torch.tensor(
+        [[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]]
+    )
+    out = drop_hidden_defects(hot, boxes, labels, good_index=None)
+    assert out.tolist() == [[0, 0, 1], [0, 0, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]]
+    assert hot[0].tolist() == [0.0, 1.0, 1.0]  # the input is untouched
 
 
 def test_images_without_boxes() -> None:
