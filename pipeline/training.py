@@ -408,9 +408,8 @@ def _inputs(
     """Normalised images, the loss targets, (with a defect map) the defect maps of a batch
     (see defect_maps) and each image's own label: augmented on the device when
     train.augment_on says so, relabelled per train.relabel_hidden, given defects per
-    train.defect_paste, then mixed per
-    params.mix: the maps ride along as extra channels, so that CutMix pastes and MixUp blends
-    them with their pixels."""
+    train.defect_paste, then mixed per params.mix: the maps ride along as extra channels, so
+    that CutMix pastes and MixUp blends them with their pixels."""
     images, targets, boxes, labels = batch
     device, info = loop.job.device, loop.job.info
     if loop.augment is not None:

@@ -180,16 +180,10 @@ def test_a_defect_with_every_box_out_of_view_is_dropped_and_nothing_else() -> No
     gone = torch.tensor([[32.0, 4.0, 32.0, 9.0]])  # clamped to zero width at the edge
     sliver = torch.tensor([[31.0, 4.0, 32.0, 5.0]])  # one pixel still in view
     boxes = [gone, torch.cat([gone, sliver]), gone, torch.zeros((0, 4)), gone]
-    labels = [
-        torch.tensor([1]),
-        torch.tensor([2, 2]),
-        torch.tensor([2]),
-        torch.zeros(0),
-        torch.tensor([1]),
-    ]
-    labels = [found.long() for found in labels]
-    # multiclass: image 0 had a hidden defect; 1 shows a sliver of one; 2's box is another
-    # class's than its label (kept: its own defect has no box); 3 has no boxes; 4 is good
+    labels = [torch.tensor(found, dtype=torch.int64) for found in ([1], [2, 2], [2], [], [1])]
+    # multiclass: image 0's defect is hidden; 1 shows a sliver of its defect; 2's box is
+    # another class's than its label (kept: its own defect has no box); 3 has no boxes; 4 is
+    # good already
     classes = torch.tensor([1, 2, 1, 2, 0])
     out = drop_hidden_defects(classes, boxes, labels, good_index=0)
     assert out.tolist() == [0, 2, 1, 2, 0] and classes.tolist() == [1, 2, 1, 2, 0]
