@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as nnf
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.ops import box_area
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -135,9 +136,8 @@ def drop_hidden_defects(
     for row, (found, labels) in enumerate(zip(boxes, box_labels, strict=True)):
         if not len(found):
             continue
-        found, labels = found.detach().cpu(), labels.cpu()
-        sides = (found[:, 2:] - found[:, :2]).clamp(min=0)  # (n, 2) width, height
-        shown = set(labels[sides.prod(dim=1) >= 1].tolist())
+        labels = labels.cpu()
+        shown = set(labels[box_area(found.detach().cpu()) >= 1].tolist())
         hidden = set(labels.tolist()) - shown
         if good_index is None:
             out[row, sorted(hidden)] = 0
