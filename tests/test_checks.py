@@ -14,6 +14,7 @@ import cv2
 import imagehash
 import numpy as np
 import pytest
+from conftest import REPO
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFilter, PngImagePlugin
@@ -36,7 +37,6 @@ from pipeline.dedup import patch_correlation, texture_levels, texture_spectra
 from pipeline.io import ImageReadError, grey_u8, open_image
 from pipeline.params import CleanParams, load_section
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 10_000_000
 SCORED = ("blur", "dark", "light", "odd_size")
 

@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import table_source, write_params
+from conftest import REPO, table_source, write_params
 from PIL import Image, ImageFilter, PngImagePlugin
 
 from pipeline.manifest import CHECKS, IMAGE_FIELDS, read_manifest, write_manifest
 from stages import clean, ingest
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE_COLUMNS = [field.name for field in IMAGE_FIELDS]
 SCORED = ("blur", "dark", "light", "odd_size")
 

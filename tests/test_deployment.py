@@ -22,7 +22,6 @@ import pytest
 import yaml
 from conftest import copy_project
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 POOL = "apexloop-process"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")

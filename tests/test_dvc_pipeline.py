@@ -14,7 +14,6 @@ from conftest import copy_project
 
 from pipeline.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import importlib
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import render
+from conftest import REPO, render
 
 from pipeline.params import Params, load_params
 
-REPO = Path(__file__).resolve().parents[1]
 # `dvc plots templates` of DVC 3.67
 BUILT_IN_TEMPLATES = {
     "simple",

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from conftest import REPO
 
 from pipeline.checkpoints import load_model, save_model
 from pipeline.cli import main
@@ -22,7 +23,6 @@ from pipeline.manifest import TaskInfo
 from pipeline.models import MEAN, STD, build_model
 from pipeline.params import TrainParams, load_section
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 MULTICLASS = TaskInfo("multiclass", ("good", "scratch", "dent"), "good")
 MULTILABEL = TaskInfo("multilabel", ("good", "scratch", "dent", "stain"), "good")

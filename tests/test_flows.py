@@ -27,7 +27,7 @@ atexit.register(shutil.rmtree, _HOME, True)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from conftest import Payload, copy_project  # noqa: E402
+from conftest import REPO, Payload, copy_project  # noqa: E402
 from PIL import Image  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.artifacts import Artifact  # noqa: E402
@@ -44,7 +44,6 @@ from pipeline.errors import ApexLoopError  # noqa: E402
 from pipeline.params import CleanParams, FlowParams, ParamsError, load_params, load_section  # noqa: E402
 from stages import clean  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 # outputs that must be byte-identical between `dvc repro` and the flow
 SAME_BYTES = [

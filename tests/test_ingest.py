@@ -23,7 +23,6 @@ from PIL import Image
 from pipeline.manifest import read_manifest
 from stages import ingest
 
-REPO = Path(__file__).resolve().parents[1]
 MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared/datasets/magnetic_tile"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF"}
 

@@ -27,11 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import copy_project
+from conftest import REPO, copy_project
 
 from pipeline.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
 STAGES = ["ingest", "clean", "split", "train", "evaluate"]
 MANIFESTS = {

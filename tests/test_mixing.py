@@ -8,18 +8,17 @@ partner it came from.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.mixing import MixConfig, MixedBatch, MixError, mix_batch, soft_targets
 from pipeline.params import TrainParams, load_section
 
-REPO = Path(__file__).resolve().parents[1]
 MODES = ("mixup", "cutmix", "defect_cutmix")
 CUT_MODES = ("cutmix", "defect_cutmix")
 

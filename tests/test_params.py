@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO
 from pydantic import ValidationError
 
 from pipeline.params import (
@@ -17,8 +18,6 @@ from pipeline.params import (
     load_params,
     load_section,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def repo_params() -> dict[str, Any]:

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from pipeline.cli import main
 from pipeline.report import Change, format_cell, format_delta, is_headline, render_params
 from pipeline.report import render_metrics_file as render_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 # The stage: metrics from train.lr (values exact in binary, so deltas are exact), a PNG whose
 # colour follows lr, and a TSV curve for a non-image plot.

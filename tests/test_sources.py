@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 
 from pipeline.params import IngestParams
 from pipeline.paths import PathError, resolve_inside, resolve_many_inside
@@ -22,8 +23,6 @@ from pipeline.sources import (
     read_table,
     read_voc,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def ingest_params(root: Path, **changes: Any) -> IngestParams:

@@ -17,7 +17,6 @@ from PIL import Image
 from pipeline.manifest import read_manifest
 from stages import clean, ingest, split
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("good", "scratch", "hole", "crack", "stain")
 SIDES = ("train", "val", "test")
 # Per group: its label in the table (multiclass: the class; multilabel: defects joined by ';').

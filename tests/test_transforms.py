@@ -3,12 +3,12 @@ per image (augment) and per batch (BatchAugment)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -18,7 +18,6 @@ from torchvision.transforms.v2 import functional as F
 from pipeline.params import TrainParams, load_section
 from pipeline.transforms import BatchAugment, augment, build_augment, drop_hidden_defects
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 ALL_OFF: dict[str, Any] = {
     "image_size": SIZE,
