@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_params
+from conftest import REPO, write_params
 from PIL import Image
 
 from pipeline.manifest import read_manifest
 from stages import ingest
 
-MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared/datasets/magnetic_tile"
+MAGNETIC_TILE = REPO.parent / "shared/datasets/magnetic_tile"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF"}
 
 
